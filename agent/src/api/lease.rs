@@ -1,0 +1,259 @@
+//! Lease: Grant, Revoke, KeepAlive, TimeToLive, Leases, and the expiry loop.
+//!
+//! Deadlines live in the lessor (memory); a lease's existence and its keys
+//! live in the store. Expiry is decided here and carried out through the log
+//! (a LeaseRevoke command), as etcd's leader does.
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cairn_mvcc::lease::MAX_LEASE_TTL;
+use cairn_mvcc::{MvccError, Response};
+use cairn_proto::cairnpb::command::Op;
+use cairn_proto::etcdserverpb::lease_server::Lease;
+use cairn_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use futures::StreamExt;
+use rand::Rng;
+use tonic::{Request, Response as GrpcResponse, Status, Streaming};
+
+use super::{Api, BoxStream, status};
+use crate::limits;
+
+// === impl Api ===
+
+impl Api {
+    pub async fn lease_grant(
+        &self,
+        mut req: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, Status> {
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(status::mvcc(MvccError::LeaseTtlTooLarge));
+        }
+        // etcd raises a TTL below the minimum to the minimum.
+        req.ttl = req.ttl.max(self.min_lease_ttl);
+        if req.id == 0 {
+            req.id = self.fresh_lease_id()?;
+        }
+        match self
+            .propose(Op::LeaseGrant(req))
+            .await?
+            .result
+            .map_err(status::mvcc)?
+        {
+            Response::LeaseGrant(mut r) => {
+                self.fill(&mut r.header);
+                Ok(r)
+            }
+            other => Err(status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    /// A positive int64 no lease has (etcd's IDs are positive as well).
+    fn fresh_lease_id(&self) -> Result<i64, Status> {
+        let mut rng = rand::rng();
+        loop {
+            let id = rng.random_range(1..i64::MAX);
+            if self
+                .mvcc
+                .lease(id)
+                .map_err(|e| status::mvcc(e.into()))?
+                .is_none()
+            {
+                return Ok(id);
+            }
+        }
+    }
+
+    pub async fn lease_revoke(
+        &self,
+        req: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, Status> {
+        match self
+            .propose(Op::LeaseRevoke(req))
+            .await?
+            .result
+            .map_err(status::mvcc)?
+        {
+            Response::LeaseRevoke(mut r) => {
+                self.fill(&mut r.header);
+                Ok(r)
+            }
+            other => Err(status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Status> {
+        self.linearizable_barrier().await?;
+        let lease = self
+            .mvcc
+            .lease(req.id)
+            .map_err(|e| status::mvcc(e.into()))?;
+        let Some(lease) = lease else {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            return Ok(LeaseTimeToLiveResponse {
+                header: Some(self.header(self.mvcc.current_revision())),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            });
+        };
+        let remaining = self
+            .lessor
+            .lock()
+            .expect("lessor lock")
+            .remaining(req.id, self.clock.now_ms())
+            .unwrap_or(0);
+        let keys = if req.keys {
+            self.mvcc
+                .lease_keys(req.id)
+                .map_err(|e| status::mvcc(e.into()))?
+        } else {
+            Vec::new()
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header: Some(self.header(self.mvcc.current_revision())),
+            id: req.id,
+            ttl: remaining,
+            granted_ttl: lease.ttl,
+            keys,
+        })
+    }
+
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, Status> {
+        self.linearizable_barrier().await?;
+        let leases = self.mvcc.leases().map_err(|e| status::mvcc(e.into()))?;
+        Ok(LeaseLeasesResponse {
+            header: Some(self.header(self.mvcc.current_revision())),
+            leases: leases
+                .into_iter()
+                .map(|l| LeaseStatus { id: l.id })
+                .collect(),
+        })
+    }
+
+    pub async fn lease_keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        // A renewal must not outlive a revocation committed before it.
+        self.linearizable_barrier().await?;
+        let ttl = self
+            .lessor
+            .lock()
+            .expect("lessor lock")
+            .renew(id, self.clock.now_ms())
+            .unwrap_or(0); // etcd: an unknown lease renews to TTL 0
+        Ok(LeaseKeepAliveResponse {
+            header: Some(self.header(self.mvcc.current_revision())),
+            id,
+            ttl,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for Api {
+    async fn lease_grant(
+        &self,
+        r: Request<LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        Api::lease_grant(self, r.into_inner())
+            .await
+            .map(GrpcResponse::new)
+    }
+
+    async fn lease_revoke(
+        &self,
+        r: Request<LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        Api::lease_revoke(self, r.into_inner())
+            .await
+            .map(GrpcResponse::new)
+    }
+
+    type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
+
+    async fn lease_keep_alive(
+        &self,
+        r: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        let mut input = r.into_inner();
+        let api = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(limits::STREAM_SEND_QUEUE);
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = input.next().await {
+                let resp = api.lease_keep_alive_once(req.id).await;
+                if tx.send(resp).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        r: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        Api::lease_time_to_live(self, r.into_inner())
+            .await
+            .map(GrpcResponse::new)
+    }
+
+    async fn lease_leases(
+        &self,
+        _r: Request<LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        Api::lease_leases(self).await.map(GrpcResponse::new)
+    }
+}
+
+/// Revokes expired leases through the log, a bounded number per pass.
+pub async fn expiry_loop(api: Api, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(limits::LEASE_EXPIRY_CHECK_MS));
+    let in_flight = std::sync::Arc::new(std::sync::Mutex::new(HashSet::<i64>::new()));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let st = api.node.status();
+        if st.leader_id == 0 || st.leader_id != st.id {
+            continue;
+        }
+        let expired = api
+            .lessor
+            .lock()
+            .expect("lessor lock")
+            .expired(api.clock.now_ms(), limits::LEASE_REVOKES_PER_PASS);
+        for id in expired {
+            if !in_flight.lock().expect("lock").insert(id) {
+                continue;
+            }
+            let api = api.clone();
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                match api.lease_revoke(LeaseRevokeRequest { id }).await {
+                    Ok(_) => {
+                        api.metrics.leases_expired.inc();
+                        tracing::debug!(lease = id, "lease expired");
+                    }
+                    Err(e) if e.code() == tonic::Code::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
+                    }
+                }
+                in_flight.lock().expect("lock").remove(&id);
+            });
+        }
+    }
+}

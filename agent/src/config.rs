@@ -1,0 +1,475 @@
+//! The agent's configuration from etcd's flags (`--flag v`, `--flag=v`,
+//! Go's `-flag v`), their `ETCD_*` variables, or etcd's YAML/JSON
+//! `--config-file`. Found before any port is bound; every error names the
+//! setting and the value.
+//!
+//! First version, written at the end of a session: the unit test below was
+//! run standalone (the crate does not build until the core crates land); the
+//! black-box cases in `tests/tests/it/config.rs` cover the rest once it does.
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<ListenUrl>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<ListenUrl>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: usize,
+    pub quota_backend_bytes: u64,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub watch_progress_notify_interval: Duration,
+    pub socket: Option<PathBuf>,
+    pub log_level: String,
+    pub enable_v2: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenUrl {
+    pub addr: ListenAddr,
+    pub original: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Run(Config),
+    Version,
+    Help(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("flag provided but not defined: {0}")]
+    UnknownFlag(String),
+    #[error("flag needs an argument: {0}")]
+    MissingValue(String),
+    #[error("invalid value {value:?} for {setting}: {why}")]
+    Invalid {
+        setting: String,
+        value: String,
+        why: String,
+    },
+    #[error("config file {path}: {why}")]
+    File { path: String, why: String },
+}
+
+/// Flags taking a value, by their etcd name.
+const VALUE_FLAGS: &[&str] = &[
+    "name",
+    "data-dir",
+    "listen-client-urls",
+    "advertise-client-urls",
+    "listen-peer-urls",
+    "initial-advertise-peer-urls",
+    "initial-cluster",
+    "initial-cluster-state",
+    "initial-cluster-token",
+    "max-request-bytes",
+    "max-txn-ops",
+    "quota-backend-bytes",
+    "heartbeat-interval",
+    "election-timeout",
+    "snapshot-count",
+    "watch-progress-notify-interval",
+    "experimental-watch-progress-notify-interval",
+    "socket",
+    "log-level",
+    "config-file",
+    "logger",
+    "log-outputs",
+];
+/// Boolean flags.
+const BOOL_FLAGS: &[&str] = &["enable-v2", "enable-pprof", "no-socket"];
+
+impl Config {
+    pub fn from_args_env<I, T>(
+        args: I,
+        env: &HashMap<String, String>,
+    ) -> Result<Command, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let args: Vec<String> = args.into_iter().map(Into::into).skip(1).collect();
+        let mut flags: Vec<(String, String)> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            i += 1;
+            let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+                return Err(ConfigError::UnknownFlag(a.clone()));
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            match name.as_str() {
+                "h" | "help" => return Ok(Command::Help(help())),
+                "version" => return Ok(Command::Version),
+                n if BOOL_FLAGS.contains(&n) => {
+                    flags.push((name, inline.unwrap_or_else(|| "true".into())))
+                }
+                n if VALUE_FLAGS.contains(&n) => {
+                    let v = match inline {
+                        Some(v) => v,
+                        None => {
+                            let v = args
+                                .get(i)
+                                .cloned()
+                                .ok_or_else(|| ConfigError::MissingValue(format!("-{name}")))?;
+                            i += 1;
+                            v
+                        }
+                    };
+                    flags.push((name, v));
+                }
+                _ => return Err(ConfigError::UnknownFlag(format!("-{name}"))),
+            }
+        }
+        let mut settings: HashMap<String, String> = HashMap::new();
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("ETCD_") {
+                let name = rest.to_ascii_lowercase().replace('_', "-");
+                if VALUE_FLAGS.contains(&name.as_str()) || BOOL_FLAGS.contains(&name.as_str()) {
+                    settings.insert(name, v.clone());
+                } else {
+                    eprintln!("cairn: warning: unrecognized environment variable {k}={v}");
+                }
+            }
+        }
+        for (k, v) in flags {
+            settings.insert(k, v);
+        }
+        if let Some(path) = settings.get("config-file").cloned() {
+            settings = read_config_file(&path)?;
+        }
+        Ok(Command::Run(Self::from_settings(&settings)?))
+    }
+
+    fn from_settings(s: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| s.get(k).map(String::as_str);
+        let name = get("name").unwrap_or("default").to_string();
+        let adv_peer = list(get("initial-advertise-peer-urls").unwrap_or("http://localhost:2380"));
+        let initial_cluster = match get("initial-cluster") {
+            Some(v) => cluster(v)?,
+            None => adv_peer.iter().map(|u| (name.clone(), u.clone())).collect(),
+        };
+        let data_dir = PathBuf::from(
+            get("data-dir")
+                .map(str::to_string)
+                .unwrap_or(format!("{name}.cairn")),
+        );
+        // Default: a socket in the data directory; `--socket ""` or
+        // `--no-socket` turns it off.
+        let socket = match (get("no-socket"), get("socket")) {
+            (Some("true"), _) | (_, Some("")) => None,
+            (_, Some(p)) => Some(PathBuf::from(p)),
+            (_, None) => Some(data_dir.join("cairn.sock")),
+        };
+        Ok(Config {
+            listen_client_urls: listen_urls(
+                "listen-client-urls",
+                get("listen-client-urls").unwrap_or("http://localhost:2379"),
+            )?,
+            advertise_client_urls: list(
+                get("advertise-client-urls").unwrap_or("http://localhost:2379"),
+            ),
+            listen_peer_urls: listen_urls(
+                "listen-peer-urls",
+                get("listen-peer-urls").unwrap_or("http://localhost:2380"),
+            )?,
+            initial_advertise_peer_urls: adv_peer,
+            initial_cluster,
+            initial_cluster_state: match get("initial-cluster-state").unwrap_or("new") {
+                "new" => ClusterState::New,
+                "existing" => ClusterState::Existing,
+                v => {
+                    return Err(invalid(
+                        "--initial-cluster-state",
+                        v,
+                        "must be new or existing",
+                    ));
+                }
+            },
+            initial_cluster_token: get("initial-cluster-token")
+                .unwrap_or("etcd-cluster")
+                .to_string(),
+            max_request_bytes: num(s, "max-request-bytes", 1_572_864)?,
+            max_txn_ops: num(s, "max-txn-ops", 128)? as usize,
+            quota_backend_bytes: match num(s, "quota-backend-bytes", 0)? {
+                0 => 2 << 30,
+                q => q,
+            },
+            heartbeat_interval_ms: num(s, "heartbeat-interval", 100)?,
+            election_timeout_ms: num(s, "election-timeout", 1000)?,
+            snapshot_count: num(s, "snapshot-count", 10_000)?,
+            watch_progress_notify_interval: match get("watch-progress-notify-interval")
+                .or(get("experimental-watch-progress-notify-interval"))
+            {
+                Some(v) => go_duration(v).ok_or_else(|| {
+                    invalid(
+                        "--watch-progress-notify-interval",
+                        v,
+                        "not a duration like 10m or 500ms",
+                    )
+                })?,
+                None => Duration::from_secs(600),
+            },
+            socket,
+            log_level: get("log-level").unwrap_or("info").to_string(),
+            enable_v2: get("enable-v2").map(|v| v == "true").unwrap_or(true),
+            data_dir,
+            name,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.initial_cluster.iter().any(|(n, _)| n == &self.name) {
+            return Err(invalid(
+                "--initial-cluster",
+                &format!("{:?}", self.initial_cluster),
+                &format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    self.name
+                ),
+            ));
+        }
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
+            return Err(invalid(
+                "--election-timeout",
+                &self.election_timeout_ms.to_string(),
+                &format!(
+                    "should be at least as 5 times as --heartbeat-interval[{}ms]",
+                    self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.election_timeout_ms > 50_000 {
+            return Err(invalid(
+                "--election-timeout",
+                &self.election_timeout_ms.to_string(),
+                "is too long, must be at most 50000ms",
+            ));
+        }
+        for (flag, v) in [
+            ("--max-request-bytes", self.max_request_bytes),
+            ("--max-txn-ops", self.max_txn_ops as u64),
+            ("--snapshot-count", self.snapshot_count),
+        ] {
+            if v == 0 {
+                return Err(invalid(flag, "0", "must be positive"));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("--data-dir", "", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(setting: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        value: value.into(),
+        why: why.into(),
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn num(s: &HashMap<String, String>, k: &str, default: u64) -> Result<u64, ConfigError> {
+    match s.get(k) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| invalid(&format!("--{k}"), v, "not a non-negative integer")),
+    }
+}
+
+fn cluster(v: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    list(v)
+        .into_iter()
+        .map(|m| match m.split_once('=') {
+            Some((n, u)) if url::Url::parse(u).is_ok() => Ok((n.to_string(), u.to_string())),
+            _ => Err(invalid("--initial-cluster", &m, "expected name=url")),
+        })
+        .collect()
+}
+
+fn listen_urls(flag: &str, v: &str) -> Result<Vec<ListenUrl>, ConfigError> {
+    list(v)
+        .into_iter()
+        .map(|original| {
+            let bad = |why: &str| invalid(&format!("--{flag}"), &original, why);
+            let u = url::Url::parse(&original).map_err(|e| bad(&e.to_string()))?;
+            let addr = match u.scheme() {
+                "unix" | "unixs" => ListenAddr::Unix(PathBuf::from(format!(
+                    "{}{}",
+                    u.host_str().unwrap_or(""),
+                    u.path()
+                ))),
+                "http" => {
+                    let host = match u.host_str() {
+                        Some("localhost") => "127.0.0.1",
+                        Some(h) => h.trim_start_matches('[').trim_end_matches(']'),
+                        None => return Err(bad("missing host")),
+                    };
+                    if host.parse::<std::net::IpAddr>().is_err() {
+                        return Err(bad("listen host must be an IP address or localhost"));
+                    }
+                    let port = u.port().ok_or_else(|| bad("missing port"))?;
+                    let addr = (host, port)
+                        .to_socket_addrs()
+                        .map_err(|e| bad(&e.to_string()))?
+                        .next()
+                        .ok_or_else(|| bad("no address"))?;
+                    ListenAddr::Tcp(addr)
+                }
+                "https" => return Err(bad("TLS is not supported yet")),
+                s => return Err(bad(&format!("unsupported scheme {s:?}"))),
+            };
+            Ok(ListenUrl { addr, original })
+        })
+        .collect()
+}
+
+/// Go's duration syntax: "10m", "500ms", "1h30m", "2s".
+fn go_duration(v: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let num: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(num * unit);
+        rest = &rest[u..];
+    }
+    Some(total)
+}
+
+fn read_config_file(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let err = |why: String| ConfigError::File {
+        path: path.into(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let doc: HashMap<String, serde_norway::Value> =
+        serde_norway::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (k, v) in doc {
+        if !VALUE_FLAGS.contains(&k.as_str()) && !BOOL_FLAGS.contains(&k.as_str()) {
+            return Err(err(format!("unknown key {k:?}")));
+        }
+        let s = match v {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Null => continue,
+            other => return Err(err(format!("key {k:?}: unsupported value {other:?}"))),
+        };
+        out.insert(k, s);
+    }
+    Ok(out)
+}
+
+fn help() -> String {
+    let mut h =
+        String::from("usage: cairn [flags]\n\netcd-compatible flags (also as ETCD_* variables):\n");
+    for f in VALUE_FLAGS {
+        h.push_str(&format!("  --{f} <value>\n"));
+    }
+    for f in BOOL_FLAGS {
+        h.push_str(&format!("  --{f}[=true|false]\n"));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    #[test]
+    fn etcd_doc_command_and_errors() {
+        let env = HashMap::new();
+        let a = "cairn --name my-etcd-1 --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster my-etcd-1=http://127.0.0.1:2380 --initial-cluster-token tkn --initial-cluster-state new";
+        let Command::Run(c) = Config::from_args_env(a.split(' '), &env).unwrap() else {
+            panic!()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.name, "my-etcd-1");
+        let Command::Run(d) =
+            Config::from_args_env(["cairn", "-name=x", "-data-dir", "d"], &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(d.data_dir.to_str(), Some("d"));
+        d.validate().unwrap(); // etcd derives the initial cluster from --name
+        assert_eq!(d.initial_cluster[0].0, "x");
+        let Command::Run(e) = Config::from_args_env(["cairn"], &env).unwrap() else {
+            panic!()
+        };
+        e.validate().unwrap();
+        assert_eq!(e.data_dir.to_str(), Some("default.cairn"));
+        assert_eq!(
+            e.socket.as_deref().and_then(|p| p.to_str()),
+            Some("default.cairn/cairn.sock")
+        );
+        let Command::Run(f) = Config::from_args_env(["cairn", "--socket="], &env).unwrap() else {
+            panic!()
+        };
+        assert!(f.socket.is_none());
+        assert!(
+            Config::from_args_env(["cairn", "--bogus"], &env)
+                .unwrap_err()
+                .to_string()
+                .contains("-bogus")
+        );
+        assert!(
+            Config::from_args_env(["cairn", "--listen-client-urls", "not-a-url"], &env).is_err()
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Plain HTTP on the client port: `/health`, `/livez`, `/readyz`,
+//! `/version`, `/metrics`, and the `/v3/*` JSON gateway in grpc-gateway's
+//! dialect (int64 as strings, bytes as base64, proto field names), as etcd
+//! serves it. The gateway calls the same methods as the gRPC services.
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_proto::etcdserverpb::{self as pb, watch_request::RequestUnion};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::Status;
+
+use crate::api::Api;
+use crate::server::ETCD_VERSION;
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v3/kv/range",
+            post(|s, b| {
+                unary(s, b, |a: Api, r: pb::RangeRequest| async move {
+                    a.0.range(&r).await
+                })
+            }),
+        )
+        .route(
+            "/v3/kv/put",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.put(r).await })),
+        )
+        .route(
+            "/v3/kv/deleterange",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.delete_range(r).await })),
+        )
+        .route(
+            "/v3/kv/txn",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.txn(r).await })),
+        )
+        .route(
+            "/v3/kv/compaction",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.compact(r).await })),
+        )
+        .route(
+            "/v3/lease/grant",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_grant(r).await })),
+        )
+        .route(
+            "/v3/lease/revoke",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_revoke(r).await })),
+        )
+        .route(
+            "/v3/kv/lease/revoke",
+            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_revoke(r).await })),
+        )
+        .route(
+            "/v3/lease/timetolive",
+            post(|s, b| {
+                unary(
+                    s,
+                    b,
+                    |a: Api, r| async move { a.lease_time_to_live(r).await },
+                )
+            }),
+        )
+        .route(
+            "/v3/kv/lease/timetolive",
+            post(|s, b| {
+                unary(
+                    s,
+                    b,
+                    |a: Api, r| async move { a.lease_time_to_live(r).await },
+                )
+            }),
+        )
+        .route(
+            "/v3/lease/leases",
+            post(|s, b| {
+                unary(s, b, |a: Api, _r: pb::LeaseLeasesRequest| async move {
+                    a.lease_leases().await
+                })
+            }),
+        )
+        .route(
+            "/v3/kv/lease/leases",
+            post(|s, b| {
+                unary(s, b, |a: Api, _r: pb::LeaseLeasesRequest| async move {
+                    a.lease_leases().await
+                })
+            }),
+        )
+        .route(
+            "/v3/lease/keepalive",
+            post(|s, b| {
+                streamed_once(s, b, |a: Api, r: pb::LeaseKeepAliveRequest| async move {
+                    a.lease_keep_alive_once(r.id).await
+                })
+            }),
+        )
+        .route(
+            "/v3/maintenance/status",
+            post(|s, b| {
+                unary(s, b, |a: Api, _r: pb::StatusRequest| async move {
+                    Ok(a.status_response())
+                })
+            }),
+        )
+        .route(
+            "/v3/cluster/member/list",
+            post(|s, b| {
+                unary(s, b, |a: Api, _r: pb::MemberListRequest| async move {
+                    Ok(a.members())
+                })
+            }),
+        )
+        .route("/v3/watch", post(watch))
+        .with_state(api)
+}
+
+async fn health(
+    State(api): State<Api>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let reason = if !api.has_leader() {
+        Some("RAFT NO LEADER")
+    } else if !serializable {
+        // etcd checks that a linearizable read goes through.
+        match tokio::time::timeout(Duration::from_secs(2), api.linearizable_barrier()).await {
+            Ok(Ok(())) => None,
+            _ => Some("QGET ERROR"),
+        }
+    } else {
+        None
+    };
+    let (code, body) = match reason {
+        None => (
+            StatusCode::OK,
+            serde_json::json!({"health": "true", "reason": ""}),
+        ),
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"health": "false", "reason": r}),
+        ),
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    if api.has_leader() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader").into_response()
+    }
+}
+
+async fn version() -> Response {
+    axum::Json(serde_json::json!({"etcdserver": ETCD_VERSION, "etcdcluster": cluster_version()}))
+        .into_response()
+}
+
+fn cluster_version() -> String {
+    let mut parts = ETCD_VERSION.split('.');
+    format!(
+        "{}.{}.0",
+        parts.next().unwrap_or("3"),
+        parts.next().unwrap_or("6")
+    )
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let st = api.node.status();
+    let m = &api.metrics;
+    m.has_leader.set(i64::from(st.leader_id != 0));
+    m.is_leader
+        .set(i64::from(st.leader_id != 0 && st.leader_id == st.id));
+    m.proposals_committed.set(st.commit_index as i64);
+    m.proposals_applied.set(st.applied_index as i64);
+    m.db_size
+        .set(cairn_mvcc::Backend::size_bytes(api.mvcc.backend()) as i64);
+    m.current_revision.set(api.mvcc.current_revision());
+    m.compact_revision.set(api.mvcc.compact_revision());
+    let mut resp = m.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        error_response(&Status::invalid_argument(format!(
+            "invalid request body: {e}"
+        )))
+    })
+}
+
+async fn unary<Req, Resp, F, Fut>(State(api): State<Api>, body: Bytes, f: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(Api, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, Status>>,
+{
+    let req = match parse::<Req>(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match f(api, req).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(s) => error_response(&s),
+    }
+}
+
+/// A streaming RPC called with one request: one `{"result": ...}` line.
+async fn streamed_once<Req, Resp, F, Fut>(State(api): State<Api>, body: Bytes, f: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(Api, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, Status>>,
+{
+    let req = match parse::<Req>(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match f(api, req).await {
+        Ok(resp) => axum::Json(serde_json::json!({ "result": resp })).into_response(),
+        Err(s) => error_response(&s),
+    }
+}
+
+/// `POST /v3/watch` with one WatchRequest: the events stream back as
+/// newline-delimited `{"result": WatchResponse}` objects until the client
+/// hangs up, as grpc-gateway streams them.
+async fn watch(State(api): State<Api>, body: Bytes) -> Response {
+    let req = match parse::<pb::WatchRequest>(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !matches!(req.request_union, Some(RequestUnion::CreateRequest(_))) {
+        return error_response(&Status::invalid_argument("expected a create_request"));
+    }
+    let input = futures::stream::iter([Ok(req)]).chain(futures::stream::pending());
+    let responses = api.watch_stream(Box::pin(input));
+    let lines = responses.map(|r| {
+        let v = match r {
+            Ok(resp) => serde_json::json!({ "result": resp }),
+            Err(s) => error_json(&s),
+        };
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    let mut resp = axum::body::Body::from_stream(lines).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_json(s: &Status) -> serde_json::Value {
+    serde_json::json!({"error": s.message(), "code": s.code() as i32, "message": s.message()})
+}
+
+/// grpc-gateway's error document and its HTTP status for a gRPC code.
+pub fn error_response(s: &Status) -> Response {
+    use tonic::Code::*;
+    let http = match s.code() {
+        Ok => StatusCode::OK,
+        Cancelled => StatusCode::REQUEST_TIMEOUT,
+        InvalidArgument | FailedPrecondition | OutOfRange => StatusCode::BAD_REQUEST,
+        DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        NotFound => StatusCode::NOT_FOUND,
+        AlreadyExists | Aborted => StatusCode::CONFLICT,
+        PermissionDenied => StatusCode::FORBIDDEN,
+        Unauthenticated => StatusCode::UNAUTHORIZED,
+        ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Unknown | Internal | DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (http, axum::Json(error_json(s))).into_response()
+}

@@ -1,0 +1,143 @@
+//! `cairn`: runs the agent. Takes etcd's flags, `ETCD_*` variables and
+//! `--config-file`, so etcd's documented commands work with `cairn` in place
+//! of `etcd`.
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_agent::api::Api;
+use cairn_agent::config::{Command, Config, ListenAddr};
+use cairn_agent::server::{NodeSettings, Server};
+use cairn_agent::{api, serve};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = match Config::from_args_env(std::env::args(), &env) {
+        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Version) => {
+            println!(
+                "cairn {} (etcd API {})",
+                env!("CARGO_PKG_VERSION"),
+                cairn_agent::server::ETCD_VERSION
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = cfg.validate() {
+        eprintln!("cairn: {e}");
+        return ExitCode::from(2);
+    }
+    init_tracing(&cfg.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Bind everything before touching the data directory, so that an
+    // unusable port fails fast and leaves nothing behind.
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
+    for url in &cfg.listen_client_urls {
+        match &url.addr {
+            ListenAddr::Tcp(addr) => {
+                tcp.push(TcpListener::bind(addr).await.with_context(|| {
+                    format!("listen tcp {addr} (--listen-client-urls {})", url.original)
+                })?)
+            }
+            ListenAddr::Unix(path) => unix.push(serve::bind_unix(path)?),
+        }
+    }
+    if let Some(path) = &cfg.socket {
+        unix.push(serve::bind_unix(path)?);
+    }
+
+    let settings = NodeSettings {
+        name: cfg.name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+        cluster_token: cfg.initial_cluster_token.clone(),
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops,
+        heartbeat_ms: cfg.heartbeat_interval_ms,
+        election_ms: cfg.election_timeout_ms,
+        snapshot_count: cfg.snapshot_count,
+        progress_notify_interval: cfg.watch_progress_notify_interval,
+    };
+    let server = tokio::task::spawn_blocking(move || Server::start(settings))
+        .await
+        .context("starting the node")??;
+    let api = Api(server.clone());
+    tracing::info!(
+        name = %server.identity.name,
+        member_id = format_args!("{:x}", server.identity.member_id),
+        cluster_id = format_args!("{:x}", server.identity.cluster_id),
+        data_dir = %cfg.data_dir.display(),
+        "cairn started"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in tcp {
+        tracing::info!(addr = %l.local_addr()?, "serving client requests");
+        tasks.spawn(serve::serve_tcp(api.clone(), l, stopped(stop_rx.clone())));
+    }
+    for l in unix {
+        tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");
+        tasks.spawn(serve::serve_unix(api.clone(), l, stopped(stop_rx.clone())));
+    }
+    tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    server.node.shutdown();
+    if let Some(path) = &cfg.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}

@@ -1,0 +1,1 @@
+//! The lessor: lease deadlines with time passed in by the caller.

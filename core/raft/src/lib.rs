@@ -1,0 +1,83 @@
+//! The consensus node: raft-rs driven by one thread that owns the `RawNode`.
+//!
+//! Callers [`Node::propose`] opaque command bytes and get back the state
+//! machine's output once the entry is committed, fsynced and applied;
+//! [`Node::read_index`] gives a linearizable read point. Storage is the
+//! [`LogStore`] trait (fjall in `cairn-store`, [`MemLogStore`] in tests).
+//!
+//! I/O ordering (design invariant 2): entries and hard state are persisted
+//! with `sync = true` before any message that depends on them is sent, before
+//! entries are considered committed locally, and before any client is
+//! answered. Many proposals received together share one sync (group commit).
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+
+/// The replicated state machine, applied on the driver thread.
+pub trait StateMachine: Send + 'static {
+    type Output: Send + 'static;
+    /// Applies a committed normal entry carrying a proposal's bytes.
+    fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Self::Output;
+    /// Notes an entry with nothing to apply (leader no-op, conf change).
+    fn apply_empty(&mut self, index: u64);
+    /// Index of the last entry applied (restored from storage at start).
+    fn applied_index(&self) -> u64;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("log storage: {0}")]
+pub struct StorageError(pub String);
+
+/// Durable raft log and hard state. Implementations must verify a checksum of
+/// every entry they read back and refuse to go on after a failed sync.
+pub trait LogStore: raft::Storage + Send + 'static {
+    /// Appends entries (replacing any conflicting suffix) and optionally the
+    /// hard state, in one write; `sync` forces an fsync before returning.
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StorageError>;
+    /// Sets the conf state (single-voter bootstrap; conf changes later).
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError>;
+    /// Drops entries up to and including `index` (already applied).
+    fn compact(&mut self, index: u64) -> Result<(), StorageError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub heartbeat_interval: Duration,
+    /// In heartbeat ticks, as etcd derives it from `--election-timeout`.
+    pub election_ticks: usize,
+    /// Proposals waiting for commit; beyond it `propose` fails with
+    /// `TooManyRequests` (etcd: "etcdserver: too many requests").
+    pub max_pending_proposals: usize,
+    /// Keep this many applied entries before compacting the log.
+    pub snapshot_count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+#[non_exhaustive]
+pub enum ProposeError {
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+}

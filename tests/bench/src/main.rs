@@ -1,0 +1,593 @@
+//! `cairn-bench`: the same workloads against cairn and against etcd, in one
+//! run on one machine, printed side by side.
+//!
+//! The workloads follow etcd's `tools/benchmark` (key 8 B, value 256 B):
+//!
+//! | name       | what                                                           |
+//! |------------|----------------------------------------------------------------|
+//! | `put-1`    | sequential puts from 1 client                                  |
+//! | `put-100`  | puts from `--clients` (100) clients over `--conns` (10) conns  |
+//! | `range-l`  | linearizable range of one key, 100 clients                     |
+//! | `range-s`  | serializable range of one key, 100 clients                     |
+//! | `watch`    | put-to-event latency with `--watchers` (100) watchers           |
+//! | `memory`   | VmRSS idle and after `--mem-puts` puts of 256 B (fresh server)  |
+//!
+//! Usage:
+//!
+//! ```text
+//! # both servers, fresh temp data dirs, same flags, one table:
+//! cargo build --release -p cairn-agent -p cairn-bench
+//! target/release/cairn-bench compare [--cairn-bin target/release/cairn] \
+//!     [--etcd-bin /usr/bin/etcd] [--total 10000] [--total-single 1000] \
+//!     [--clients 100] [--conns 10] [--watchers 100] [--watch-puts 100] \
+//!     [--mem-puts 100000] [--workloads put-1,put-100,range-l,range-s,watch,memory]
+//! # etcd alone (no cairn binary needed):
+//! cairn-bench compare --only etcd
+//! # the real memory figure of the design targets:
+//! cairn-bench compare --workloads memory --mem-puts 1000000
+//! # one workload against a server that is already running:
+//! cairn-bench run --endpoints http://127.0.0.1:2379 put-100 [--pid PID for memory]
+//! ```
+//!
+//! The cairn binary defaults to `CAIRN_BIN`, else `cairn` next to this tool
+//! (`<target>/<profile>/cairn`). Numbers are printed, never asserted: this is
+//! a benchmark, not a test. Ratios are cairn / etcd.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cairn_tests::{Kind, Subject, SubjectOptions, rss_bytes};
+use clap::{Parser, Subcommand};
+use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use tokio::sync::mpsc;
+
+const KEY_SIZE: usize = 8;
+const VALUE_SIZE: usize = 256;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn-bench",
+    about = "Runs the same workloads against cairn and etcd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Load {
+    /// Requests for the many-client workloads.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Requests for the single-client put workload.
+    #[arg(long, default_value_t = 1_000)]
+    total_single: u64,
+    /// Concurrent clients for the many-client workloads.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// gRPC connections the clients share.
+    #[arg(long, default_value_t = 10)]
+    conns: usize,
+    /// Watchers for the watch workload.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Puts observed by the watchers in the watch workload.
+    #[arg(long, default_value_t = 100)]
+    watch_puts: u64,
+    /// Puts of 256 B before reading the resident memory.
+    #[arg(long, default_value_t = 100_000)]
+    mem_puts: u64,
+    /// Comma-separated workloads.
+    #[arg(long, default_value = "put-1,put-100,range-l,range-s,watch,memory")]
+    workloads: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start etcd and cairn on loopback and run every workload against each.
+    Compare {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value = cairn_tests::ETCD_BIN)]
+        etcd_bin: PathBuf,
+        /// Run only one of them: `etcd` or `cairn`.
+        #[arg(long)]
+        only: Option<String>,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Run workloads against a server that is already running.
+    Run {
+        #[arg(long)]
+        endpoints: String,
+        /// The server's pid, for the memory workload.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Workload name, or `all`.
+        workload: String,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Measure {
+    Load(Stats),
+    Memory { idle: u64, after: u64, puts: u64 },
+}
+
+const ALL: [&str; 6] = ["put-1", "put-100", "range-l", "range-s", "watch", "memory"];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    print_header();
+    match cli.command {
+        Cmd::Compare {
+            cairn_bin,
+            etcd_bin,
+            only,
+            load,
+        } => {
+            let workloads = parse_workloads(&load.workloads)?;
+            let want = |kind: &str| only.as_deref().is_none_or(|o| o == kind);
+            if let Some(o) = &only
+                && o != "etcd"
+                && o != "cairn"
+            {
+                bail!("--only takes `etcd` or `cairn`, not {o:?}");
+            }
+            // Find cairn before spending minutes on etcd.
+            let cairn_bin = want("cairn").then(|| cairn_bin.unwrap_or_else(cairn_tests::cairn_bin));
+            let mut etcd = Vec::new();
+            let mut cairn = Vec::new();
+            if want("etcd") {
+                etcd = run_subject(Kind::Etcd, etcd_bin, &workloads, &load).await?;
+            }
+            if let Some(bin) = cairn_bin {
+                cairn = run_subject(Kind::Cairn, bin, &workloads, &load).await?;
+            }
+            print_table("etcd", &workloads, &etcd, &cairn, &load);
+        }
+        Cmd::Run {
+            endpoints,
+            pid,
+            workload,
+            load,
+        } => {
+            let workloads = if workload == "all" {
+                ALL.iter().map(|s| s.to_string()).collect()
+            } else {
+                parse_workloads(&workload)?
+            };
+            let mut results = Vec::new();
+            for w in &workloads {
+                eprintln!("running {w} against {endpoints}");
+                let m = if w == "memory" {
+                    let Some(pid) = pid else {
+                        bail!("the memory workload needs --pid");
+                    };
+                    memory(&endpoints, pid, &load).await?
+                } else {
+                    run_workload(w, &endpoints, &load).await?
+                };
+                results.push(Some(m));
+            }
+            print_table("server", &workloads, &results, &[], &load);
+        }
+    }
+    Ok(())
+}
+
+fn parse_workloads(list: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if !ALL.contains(&w) {
+            bail!("unknown workload {w:?}; known: {}", ALL.join(", "));
+        }
+        out.push(w.to_string());
+    }
+    Ok(out)
+}
+
+async fn run_subject(
+    kind: Kind,
+    bin: PathBuf,
+    workloads: &[String],
+    load: &Load,
+) -> Result<Vec<Option<Measure>>> {
+    let options = SubjectOptions {
+        bin: Some(bin.clone()),
+        ..SubjectOptions::new(kind)
+    };
+    let mut results = Vec::new();
+    let mut subject = None;
+    for w in workloads {
+        eprintln!("{kind:?} ({}): {w}", bin.display());
+        let m = if w == "memory" {
+            // A fresh server, so earlier workloads do not count.
+            drop(subject.take());
+            let s = Subject::start_with(options.clone()).await;
+            let pid = s.pid().context("server pid")?;
+            memory(&s.endpoint(), pid, load).await?
+        } else {
+            if subject.is_none() {
+                subject = Some(Subject::start_with(options.clone()).await);
+            }
+            let s = subject.as_ref().unwrap();
+            run_workload(w, &s.endpoint(), load).await?
+        };
+        results.push(Some(m));
+    }
+    Ok(results)
+}
+
+async fn run_workload(name: &str, endpoint: &str, load: &Load) -> Result<Measure> {
+    let stats = match name {
+        "put-1" => put_load(endpoint, 1, 1, load.total_single).await?,
+        "put-100" => put_load(endpoint, load.clients, load.conns, load.total).await?,
+        "range-l" => range_load(endpoint, load, false).await?,
+        "range-s" => range_load(endpoint, load, true).await?,
+        "watch" => watch_latency(endpoint, load).await?,
+        other => bail!("workload {other} needs a server pid"),
+    };
+    Ok(Measure::Load(stats))
+}
+
+async fn connect(endpoint: &str, conns: usize) -> Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..conns.max(1) {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30));
+        clients.push(
+            Client::connect([endpoint], Some(options))
+                .await
+                .with_context(|| format!("connect {endpoint}"))?,
+        );
+    }
+    Ok(clients)
+}
+
+/// Runs `op` `total` times from `clients` tasks sharing `conns` connections.
+async fn closed_loop<F, Fut>(conns: Vec<Client>, clients: usize, total: u64, op: F) -> Result<Stats>
+where
+    F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), etcd_client::Error>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients.max(1) {
+        let client = conns[i % conns.len()].clone();
+        let next = next.clone();
+        let errors = errors.clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return latencies;
+                }
+                let t0 = Instant::now();
+                match op(client.clone(), n).await {
+                    Ok(()) => latencies.push(t0.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total as usize);
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    Ok(stats(all, errors.load(Ordering::Relaxed), elapsed))
+}
+
+fn stats(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Stats {
+    latencies.sort();
+    let pick = |q: f64| -> Duration {
+        if latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    Stats {
+        ops: latencies.len() as u64,
+        errors,
+        elapsed,
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+/// 8-byte sequential keys, like `benchmark put --key-size=8 --sequential-keys`.
+fn key(n: u64) -> Vec<u8> {
+    format!("{n:0width$}", width = KEY_SIZE).into_bytes()
+}
+
+async fn put_load(endpoint: &str, clients: usize, conns: usize, total: u64) -> Result<Stats> {
+    let conns = connect(endpoint, conns).await?;
+    let value = Arc::new(vec![b'v'; VALUE_SIZE]);
+    closed_loop(conns, clients, total, move |mut c, n| {
+        let value = value.clone();
+        async move {
+            c.put(key(n), value.as_slice(), None).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn range_load(endpoint: &str, load: &Load, serializable: bool) -> Result<Stats> {
+    let conns = connect(endpoint, load.conns).await?;
+    conns[0]
+        .clone()
+        .put("rangekey", vec![b'v'; VALUE_SIZE], None)
+        .await?;
+    closed_loop(
+        conns,
+        load.clients,
+        load.total,
+        move |mut c, _| async move {
+            let options = if serializable {
+                GetOptions::new().with_serializable()
+            } else {
+                GetOptions::new()
+            };
+            c.get("rangekey", Some(options)).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Put-to-event latency: each put's send time against the moment every
+/// watcher sees its event.
+async fn watch_latency(endpoint: &str, load: &Load) -> Result<Stats> {
+    let streams = load.conns.clamp(1, load.watchers.max(1));
+    let conns = connect(endpoint, streams).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i64, Instant)>();
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(streams);
+    let per_stream = load.watchers.div_ceil(streams);
+    let mut remaining = load.watchers;
+    let mut tasks = Vec::new();
+    for conn in conns.iter().take(streams) {
+        let n = per_stream.min(remaining);
+        if n == 0 {
+            break;
+        }
+        remaining -= n;
+        let mut client = conn.clone();
+        let tx = tx.clone();
+        let ready = ready_tx.clone();
+        let expected = n as u64 * load.watch_puts;
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client.watch("watchkey", None).await?;
+            for _ in 1..n {
+                stream.watch("watchkey", Some(WatchOptions::new())).await?;
+            }
+            let mut created = 0;
+            while created < n {
+                match stream.message().await? {
+                    Some(r) if r.created() => created += 1,
+                    Some(_) => {}
+                    None => bail!("watch stream closed"),
+                }
+            }
+            ready.send(()).await.ok();
+            let mut seen = 0u64;
+            while seen < expected {
+                let Some(resp) = stream.message().await? else {
+                    bail!("watch stream closed");
+                };
+                let now = Instant::now();
+                for e in resp.events() {
+                    if let Some(kv) = e.kv() {
+                        tx.send((kv.mod_revision(), now)).ok();
+                        seen += 1;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    drop(tx);
+    drop(ready_tx);
+    for _ in 0..tasks.len() {
+        ready_rx.recv().await.context("watcher setup failed")?;
+    }
+    let mut putter = conns[0].clone();
+    let mut sent = std::collections::HashMap::new();
+    let started = Instant::now();
+    for i in 0..load.watch_puts {
+        let t0 = Instant::now();
+        let resp = putter
+            .put(
+                "watchkey",
+                format!("{i:0>width$}", width = VALUE_SIZE),
+                None,
+            )
+            .await?;
+        sent.insert(resp.header().context("put header")?.revision(), t0);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let expected = load.watchers as u64 * load.watch_puts;
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (latencies.len() as u64) < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((rev, at))) => {
+                if let Some(t0) = sent.get(&rev) {
+                    latencies.push(at.saturating_duration_since(*t0));
+                }
+            }
+            _ => break,
+        }
+    }
+    let missing = expected.saturating_sub(latencies.len() as u64);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(stats(latencies, missing, started.elapsed()))
+}
+
+async fn memory(endpoint: &str, pid: u32, load: &Load) -> Result<Measure> {
+    let idle = rss_bytes(pid).context("read VmRSS")?;
+    // Distinct keys so every put adds a key: 1 M keys need 7 digits.
+    let conns = connect(endpoint, load.conns).await?;
+    let value = Arc::new(vec![b'm'; VALUE_SIZE]);
+    closed_loop(conns, load.clients, load.mem_puts, move |mut c, n| {
+        let value = value.clone();
+        async move {
+            c.put(format!("m{n:07}"), value.as_slice(), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    // Let background work (snapshots, compaction of the log) settle a bit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(pid).context("read VmRSS")?;
+    Ok(Measure::Memory {
+        idle,
+        after,
+        puts: load.mem_puts,
+    })
+}
+
+fn print_header() {
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("# cairn-bench  {date}");
+    println!("# nproc {nproc}; cpu: {model}");
+    println!("# key {KEY_SIZE} B, value {VALUE_SIZE} B; ratio = cairn / etcd");
+}
+
+/// One table; `etcd` holds the left column (`left` names it), `cairn` the right.
+fn print_table(
+    left: &str,
+    workloads: &[String],
+    etcd: &[Option<Measure>],
+    cairn: &[Option<Measure>],
+    load: &Load,
+) {
+    println!(
+        "{:<49} | {:>12} | {:>12} | {:>8}",
+        "workload", left, "cairn", "ratio"
+    );
+    println!("{}", "-".repeat(49 + 3 + 12 + 3 + 12 + 3 + 8));
+    for (i, w) in workloads.iter().enumerate() {
+        let e = etcd.get(i).copied().flatten();
+        let c = cairn.get(i).copied().flatten();
+        let title = match w.as_str() {
+            "put-1" => "put, 1 client".to_string(),
+            "put-100" => format!("put, {} clients/{} conns", load.clients, load.conns),
+            "range-l" => format!("range linearizable, {} clients", load.clients),
+            "range-s" => format!("range serializable, {} clients", load.clients),
+            "watch" => format!("watch put->event, {} watchers", load.watchers),
+            "memory" => format!("memory, {} puts of 256 B", load.mem_puts),
+            other => other.to_string(),
+        };
+        let rows: Vec<(&str, Option<f64>, Option<f64>)> = match w.as_str() {
+            "memory" => {
+                let idle = |m: Option<Measure>| match m {
+                    Some(Measure::Memory { idle, .. }) => Some(idle as f64 / 1_048_576.0),
+                    _ => None,
+                };
+                let after = |m: Option<Measure>| match m {
+                    Some(Measure::Memory { after, puts, .. }) if puts > 0 => {
+                        Some(after as f64 / 1_048_576.0)
+                    }
+                    _ => None,
+                };
+                vec![
+                    ("RSS idle MiB", idle(e), idle(c)),
+                    ("RSS after MiB", after(e), after(c)),
+                ]
+            }
+            _ => {
+                let get = |m: Option<Measure>, f: fn(&Stats) -> f64| match m {
+                    Some(Measure::Load(s)) => Some(f(&s)),
+                    _ => None,
+                };
+                let rate: fn(&Stats) -> f64 = |s| s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
+                let p50: fn(&Stats) -> f64 = |s| s.p50.as_secs_f64() * 1e3;
+                let p99: fn(&Stats) -> f64 = |s| s.p99.as_secs_f64() * 1e3;
+                let errs: fn(&Stats) -> f64 = |s| s.errors as f64;
+                let mut rows = Vec::new();
+                if w != "watch" {
+                    rows.push(("req/s", get(e, rate), get(c, rate)));
+                }
+                rows.push(("p50 ms", get(e, p50), get(c, p50)));
+                rows.push(("p99 ms", get(e, p99), get(c, p99)));
+                let (ee, ce) = (get(e, errs), get(c, errs));
+                if ee.unwrap_or(0.0) > 0.0 || ce.unwrap_or(0.0) > 0.0 {
+                    rows.push((
+                        if w == "watch" {
+                            "missed events"
+                        } else {
+                            "errors"
+                        },
+                        ee,
+                        ce,
+                    ));
+                }
+                rows
+            }
+        };
+        for (j, (metric, ev, cv)) in rows.iter().enumerate() {
+            let label = if j == 0 { title.as_str() } else { "" };
+            let label = format!("{label:<34} {metric:<14}");
+            let fmt = |v: &Option<f64>| match v {
+                Some(v) if *v >= 100.0 => format!("{v:.0}"),
+                Some(v) => format!("{v:.2}"),
+                None => "-".into(),
+            };
+            let ratio = match (ev, cv) {
+                (Some(e), Some(c)) if *e > 0.0 => format!("{:.2}", c / e),
+                _ => "-".into(),
+            };
+            println!(
+                "{label:<49} | {:>12} | {:>12} | {:>8}",
+                fmt(ev),
+                fmt(cv),
+                ratio
+            );
+        }
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace on a fresh Debian machine,
+# installing what the tests need (Debian's etcd as the reference server,
+# etcdctl as an independent client, protoc for the etcd-client crate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# One build of everything; the test binaries below share it.
+cargo build --workspace --all-targets
+cargo test --workspace
+# The same black-box cases against Debian's etcd: every expectation the
+# suite holds cairn to is checked against the real thing.
+CONFORMANCE_SUBJECT=etcd cargo test -p cairn-tests

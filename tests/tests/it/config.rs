@@ -1,0 +1,203 @@
+//! Configuration: etcd's flags, config file and environment variables.
+//!
+//! Bad configurations must stop the process with a non-zero exit and a
+//! message naming the setting. Where etcd 3.4 behaves the same, the case
+//! runs against it too, so the expectation is checked against the oracle.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_tests::{
+    Kind, Layout, Subject, SubjectOptions, bin_for, free_port, member_args, subject_kind,
+};
+
+/// Runs the subject's binary with `args` and expects it to exit by itself
+/// with a failure; returns its combined output.
+fn run_expect_failure(args: &[String], envs: &[(&str, &str)]) -> String {
+    let kind = subject_kind();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("out.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(bin_for(kind))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn subject");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{kind:?} with {args:?} kept running; output:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        !status.success(),
+        "{kind:?} with {args:?} exited successfully; output:\n{output}"
+    );
+    output
+}
+
+fn member_flags(data_dir: &Path) -> Vec<String> {
+    member_args(data_dir, free_port(), free_port(), "config-test")
+}
+
+#[test]
+fn unknown_flag() {
+    let out = run_expect_failure(&["--bogus-flag".into()], &[]);
+    assert!(out.contains("bogus-flag"), "{out}");
+}
+
+#[test]
+fn bad_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = member_flags(&dir.path().join("data"));
+    let i = args
+        .iter()
+        .position(|a| a == "--listen-client-urls")
+        .unwrap();
+    args[i + 1] = "not-a-url".into();
+    let out = run_expect_failure(&args, &[]);
+    assert!(out.contains("listen-client-urls"), "{out}");
+    assert!(out.contains("not-a-url"), "{out}");
+}
+
+#[test]
+fn client_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let args = member_args(&dir.path().join("data"), port, free_port(), "in-use");
+    let out = run_expect_failure(&args, &[]);
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    assert!(out.to_lowercase().contains("in use"), "{out}");
+    drop(taken);
+}
+
+#[test]
+fn garbage_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let wal = data.join("member").join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    std::fs::create_dir_all(data.join("member").join("snap")).unwrap();
+    let noise: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(wal.join("0000000000000000-0000000000000000.wal"), &noise).unwrap();
+    std::fs::write(data.join("garbage.bin"), &noise).unwrap();
+    let out = run_expect_failure(&member_flags(&data), &[]);
+    if subject_kind() == Kind::Cairn {
+        assert!(out.contains(&data.display().to_string()), "{out}");
+    }
+}
+
+/// A data dir written by real etcd is not cairn's format: cairn must refuse
+/// it (and name it) rather than start empty or overwrite it.
+#[tokio::test]
+async fn etcd_data_dir_is_refused_by_cairn() {
+    if subject_kind() == Kind::Etcd {
+        return;
+    }
+    let mut etcd = Subject::start_with(SubjectOptions::new(Kind::Etcd)).await;
+    etcd.client().await.put("k", "v", None).await.unwrap();
+    etcd.kill9();
+    let data = etcd.data_dir().to_path_buf();
+    let before = std::fs::read_dir(data.join("member")).unwrap().count();
+    let out = run_expect_failure(&member_flags(&data), &[]);
+    assert!(out.contains(&data.display().to_string()), "{out}");
+    let after = std::fs::read_dir(data.join("member")).unwrap().count();
+    assert_eq!(before, after, "cairn changed etcd's data dir");
+}
+
+#[tokio::test]
+async fn config_file_is_honoured() {
+    let options = SubjectOptions {
+        command_line: Some(Arc::new(|l: &Layout<'_>| {
+            let client = format!("http://127.0.0.1:{}", l.client_port);
+            let peer = format!("http://127.0.0.1:{}", l.peer_port);
+            let yaml = format!(
+                "name: fromfile\n\
+                 data-dir: {}\n\
+                 listen-client-urls: {client}\n\
+                 advertise-client-urls: {client}\n\
+                 listen-peer-urls: {peer}\n\
+                 initial-advertise-peer-urls: {peer}\n\
+                 initial-cluster: fromfile={peer}\n\
+                 initial-cluster-state: new\n\
+                 initial-cluster-token: {}\n",
+                l.data_dir.display(),
+                l.token
+            );
+            let path = l.dir.join("etcd.conf.yml");
+            std::fs::write(&path, yaml).unwrap();
+            (
+                vec!["--config-file".into(), path.display().to_string()],
+                vec![],
+            )
+        })),
+        ..SubjectOptions::new(subject_kind())
+    };
+    let s = Subject::start_with(options).await;
+    let mut c = s.client().await;
+    let members = c.member_list().await.unwrap();
+    assert_eq!(members.members()[0].name(), "fromfile");
+    assert_eq!(members.members()[0].peer_urls(), [s.peer_url()]);
+    assert!(std::fs::read_dir(s.data_dir()).unwrap().count() > 0);
+}
+
+#[tokio::test]
+async fn environment_variables_are_honoured() {
+    let options = SubjectOptions {
+        command_line: Some(Arc::new(|l: &Layout<'_>| {
+            let client = format!("http://127.0.0.1:{}", l.client_port);
+            let peer = format!("http://127.0.0.1:{}", l.peer_port);
+            let envs = vec![
+                ("ETCD_NAME".to_string(), "fromenv".to_string()),
+                (
+                    "ETCD_DATA_DIR".to_string(),
+                    l.data_dir.display().to_string(),
+                ),
+                (
+                    "ETCD_INITIAL_CLUSTER".to_string(),
+                    format!("fromenv={peer}"),
+                ),
+            ];
+            let args = vec![
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--advertise-client-urls".into(),
+                client,
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer,
+                "--initial-cluster-token".into(),
+                l.token.to_string(),
+            ];
+            (args, envs)
+        })),
+        ..SubjectOptions::new(subject_kind())
+    };
+    let s = Subject::start_with(options).await;
+    let mut c = s.client().await;
+    let members = c.member_list().await.unwrap();
+    assert_eq!(members.members()[0].name(), "fromenv");
+    assert!(
+        std::fs::read_dir(s.data_dir()).unwrap().count() > 0,
+        "ETCD_DATA_DIR not used"
+    );
+}
