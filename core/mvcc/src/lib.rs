@@ -13,7 +13,6 @@
 
 pub mod backend;
 pub mod error;
-pub mod hash;
 pub mod keys;
 pub mod lease;
 pub mod store;

@@ -1,12 +1,31 @@
 //! The MVCC store: etcd's revisions, versions and operations.
-use cairn_proto::cairnpb::Command;
-use cairn_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    RangeRequest, RangeResponse, TxnResponse,
-};
-use cairn_proto::mvccpb::Event;
+//!
+//! Layout: see [`crate::keys`]. Every applied command is one backend batch
+//! holding its versions, its revision-index entries, its lease changes and
+//! the meta record (current revision, applied raft index), so a crash never
+//! separates them. Reads take a backend snapshot and read at one revision.
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::{Backend, BackendError, MvccError};
+use cairn_proto::cairnpb::Command;
+use cairn_proto::cairnpb::command::Op;
+use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_proto::etcdserverpb::request_op::Request;
+use cairn_proto::etcdserverpb::response_op::Response as OpResponse;
+use cairn_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
+};
+use cairn_proto::mvccpb::event::EventType;
+use cairn_proto::mvccpb::{Event, KeyValue};
+use prost::Message;
+
+use crate::keys::{self, LIVE, TOMBSTONE};
+use crate::{Backend, BackendError, Batch, MvccError, ReadView, Table};
 
 /// What applying one command produced.
 #[derive(Debug)]
@@ -44,51 +63,843 @@ pub struct LeaseInfo {
     pub ttl: i64,
 }
 
+const META_CURRENT: &[u8] = b"current_revision";
+const META_COMPACT: &[u8] = b"compact_revision";
+const META_APPLIED: &[u8] = b"applied_index";
+const META_PHYSICAL: &[u8] = b"physically_compacted";
+
+/// After this many skipped versions of one key a scan seeks past them.
+const SKIP_BEFORE_SEEK: usize = 8;
+
 pub struct Mvcc<B: Backend> {
     backend: B,
+    current: AtomicI64,
+    compacted: AtomicI64,
+    applied: AtomicU64,
+    physical: Mutex<Physical>,
 }
+
+/// Progress of the physical compaction towards `target`.
+#[derive(Debug, Default)]
+struct Physical {
+    done: i64,
+    target: i64,
+    in_rev_table: bool,
+    cursor: Vec<u8>,
+    /// The group the cursor is in and whether its newest version at or below
+    /// the target has been seen.
+    group: Vec<u8>,
+    group_decided: bool,
+}
+
+fn meta_i64<S: ReadView>(snap: &S, key: &[u8]) -> Result<Option<i64>, BackendError> {
+    match snap.get(Table::Meta, key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                BackendError(format!(
+                    "meta record {} is {} bytes, expected 8",
+                    String::from_utf8_lossy(key),
+                    v.len()
+                ))
+            })?;
+            Ok(Some(i64::from_be_bytes(b)))
+        }
+    }
+}
+
+fn corrupt(what: &str, key: &[u8], e: impl std::fmt::Display) -> BackendError {
+    BackendError(format!("corrupt {what} record at {key:02x?}: {e}"))
+}
+
+fn decode_kv(prefix: &[u8], raw: &[u8]) -> Result<KeyValue, BackendError> {
+    let mut kv = KeyValue::decode(&raw[1..]).map_err(|e| corrupt("version", prefix, e))?;
+    kv.key = keys::unescape(prefix);
+    Ok(kv)
+}
+
+fn encode_kv(kv: &KeyValue) -> Vec<u8> {
+    let stripped = KeyValue {
+        key: Vec::new(),
+        ..kv.clone()
+    };
+    let mut out = Vec::with_capacity(1 + stripped.encoded_len());
+    out.push(LIVE);
+    stripped.encode(&mut out).expect("vec has room");
+    out
+}
+
+fn rev_header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// The upper end of a request's key range.
+#[derive(Debug, Clone, PartialEq)]
+enum End {
+    /// `range_end` empty: just the key.
+    Single,
+    /// `range_end` is `"\0"`: every key from `key` on.
+    Unbounded,
+    Until(Vec<u8>),
+}
+
+impl End {
+    fn of(range_end: &[u8]) -> End {
+        match range_end {
+            [] => End::Single,
+            [0] => End::Unbounded,
+            e => End::Until(e.to_vec()),
+        }
+    }
+    fn contains(&self, start: &[u8], k: &[u8]) -> bool {
+        match self {
+            End::Single => k == start,
+            End::Unbounded => k >= start,
+            End::Until(e) => k >= start && k < e.as_slice(),
+        }
+    }
+}
+
+/// Newest version of `key` at or below `rev`, if live: (prefix, raw value).
+fn lookup<S: ReadView>(snap: &S, key: &[u8], rev: i64) -> Result<Option<Vec<u8>>, BackendError> {
+    let p = keys::prefix(key);
+    let mut start = p.clone();
+    start.extend_from_slice(&keys::rev_suffix(rev));
+    let end = keys::group_end(&p);
+    match snap.scan(Table::Kv, &start, Some(&end), false).next() {
+        Some(r) => {
+            let (_, v) = r?;
+            Ok((v.first() == Some(&LIVE)).then_some(v))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Calls `f(prefix, raw)` for every key live at `rev` in `[key, end)`, in key
+/// order, until it returns false.
+fn scan_live<S: ReadView>(
+    snap: &S,
+    key: &[u8],
+    end: &End,
+    rev: i64,
+    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, BackendError>,
+) -> Result<(), BackendError> {
+    let hi = match end {
+        End::Single => {
+            if let Some(raw) = lookup(snap, key, rev)? {
+                f(&keys::prefix(key), &raw)?;
+            }
+            return Ok(());
+        }
+        End::Unbounded => None,
+        End::Until(e) if e.as_slice() <= key => return Ok(()),
+        End::Until(e) => Some(keys::prefix(e)),
+    };
+    let mut start = keys::prefix(key);
+    'seek: loop {
+        let mut group: Vec<u8> = Vec::new();
+        let mut decided = false;
+        let mut skipped = 0usize;
+        for r in snap.scan(Table::Kv, &start, hi.as_deref(), false) {
+            let (ik, v) = r?;
+            let (p, krev) = keys::split_version_key(&ik)
+                .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
+            if p != group.as_slice() {
+                group = p.to_vec();
+                decided = false;
+                skipped = 0;
+            }
+            if decided || krev > rev {
+                skipped += 1;
+                if skipped > SKIP_BEFORE_SEEK {
+                    start = if decided {
+                        keys::group_end(&group)
+                    } else {
+                        let mut s = group.clone();
+                        s.extend_from_slice(&keys::rev_suffix(rev));
+                        s
+                    };
+                    continue 'seek;
+                }
+                continue;
+            }
+            decided = true;
+            if v.first() == Some(&LIVE) && !f(p, &v)? {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// A read view: a backend snapshot plus, inside a txn, the txn's own writes
+/// (all at revision `overlay_rev`).
+struct Reader<'a, S: ReadView> {
+    snap: &'a S,
+    overlay: Option<&'a BTreeMap<Vec<u8>, Option<KeyValue>>>,
+    /// The view's current revision.
+    current: i64,
+    compact: i64,
+}
+
+impl<S: ReadView> Reader<'_, S> {
+    /// Live key-values in range at `rev`: at most `fetch` of them decoded
+    /// (none when `count_only`), and the total count.
+    fn collect(
+        &self,
+        key: &[u8],
+        end: &End,
+        rev: i64,
+        fetch: Option<usize>,
+        count_only: bool,
+    ) -> Result<(Vec<KeyValue>, i64), BackendError> {
+        let overlay = self
+            .overlay
+            .filter(|o| rev == self.current && o.keys().any(|k| end.contains(key, k)));
+        if let Some(overlay) = overlay {
+            let mut all: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+            scan_live(self.snap, key, end, rev, &mut |p, raw| {
+                let kv = decode_kv(p, raw)?;
+                all.insert(kv.key.clone(), kv);
+                Ok(true)
+            })?;
+            for (k, v) in overlay.iter().filter(|(k, _)| end.contains(key, k)) {
+                match v {
+                    Some(kv) => all.insert(k.clone(), kv.clone()),
+                    None => all.remove(k),
+                };
+            }
+            let count = all.len() as i64;
+            let kvs = if count_only {
+                Vec::new()
+            } else {
+                all.into_values()
+                    .take(fetch.unwrap_or(usize::MAX))
+                    .collect()
+            };
+            return Ok((kvs, count));
+        }
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        let fetch = if count_only {
+            0
+        } else {
+            fetch.unwrap_or(usize::MAX)
+        };
+        scan_live(self.snap, key, end, rev, &mut |p, raw| {
+            count += 1;
+            if kvs.len() < fetch {
+                kvs.push(decode_kv(p, raw)?);
+            }
+            Ok(true)
+        })?;
+        Ok((kvs, count))
+    }
+
+    fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let rev = if r.revision <= 0 {
+            self.current
+        } else {
+            r.revision
+        };
+        if rev > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev < self.compact {
+            return Err(MvccError::Compacted);
+        }
+        let mut order =
+            SortOrder::try_from(r.sort_order).map_err(|_| MvccError::InvalidSortOption)?;
+        let target =
+            SortTarget::try_from(r.sort_target).map_err(|_| MvccError::InvalidSortOption)?;
+        if order == SortOrder::None && target != SortTarget::Key {
+            // etcd sorts ascending by default when a non-key target is given.
+            order = SortOrder::Ascend;
+        }
+        let filtered = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        let fetch =
+            (r.limit > 0 && order == SortOrder::None && !filtered).then(|| r.limit as usize + 1);
+        let (mut kvs, count) =
+            self.collect(&r.key, &End::of(&r.range_end), rev, fetch, r.count_only)?;
+        if filtered {
+            kvs.retain(|kv| {
+                (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+                    && (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
+                    && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
+                    && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
+            });
+        }
+        if order != SortOrder::None {
+            match target {
+                SortTarget::Key => {}
+                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if r.limit > 0 && kvs.len() > r.limit as usize {
+            kvs.truncate(r.limit as usize);
+            more = true;
+        }
+        if r.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse {
+            header: rev_header(self.current),
+            kvs,
+            more,
+            count,
+        })
+    }
+}
+
+/// One command being applied: reads see its earlier writes.
+struct Txn<'a, S: ReadView> {
+    snap: &'a S,
+    begin: i64,
+    compact: i64,
+    /// Keys written so far, at revision `begin + 1` (`None`: deleted).
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    events: Vec<Event>,
+    lease_ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    leases_granted: Vec<(i64, i64)>,
+    leases_revoked: Vec<i64>,
+    compacted: Option<i64>,
+}
+
+impl<'a, S: ReadView> Txn<'a, S> {
+    fn new(snap: &'a S, begin: i64, compact: i64) -> Self {
+        Txn {
+            snap,
+            begin,
+            compact,
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+            lease_ops: BTreeMap::new(),
+            leases_granted: Vec::new(),
+            leases_revoked: Vec::new(),
+            compacted: None,
+        }
+    }
+
+    /// The revision reads see and writes get.
+    fn rev(&self) -> i64 {
+        if self.events.is_empty() {
+            self.begin
+        } else {
+            self.begin + 1
+        }
+    }
+
+    fn reader(&self) -> Reader<'_, S> {
+        Reader {
+            snap: self.snap,
+            overlay: Some(&self.overlay),
+            current: self.rev(),
+            compact: self.compact,
+        }
+    }
+
+    fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, BackendError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match lookup(self.snap, key, self.begin)? {
+            Some(raw) => Ok(Some(decode_kv(&keys::prefix(key), &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lease_exists(&self, id: i64) -> Result<bool, BackendError> {
+        Ok(self.snap.get(Table::Lease, &keys::lease_key(id))?.is_some())
+    }
+
+    /// etcd's `checkRequestPut` / `checkRequestRange`, against the state
+    /// before the command.
+    fn precheck(&self, op: &Request) -> Result<(), MvccError> {
+        match op {
+            Request::RequestPut(p) => {
+                if (p.ignore_value || p.ignore_lease) && self.latest(&p.key)?.is_none() {
+                    return Err(MvccError::KeyNotFound);
+                }
+                if p.lease != 0 && !self.lease_exists(p.lease)? {
+                    return Err(MvccError::LeaseNotFound);
+                }
+                Ok(())
+            }
+            Request::RequestRange(r) => {
+                if r.revision > self.begin {
+                    return Err(MvccError::FutureRevision);
+                }
+                if r.revision > 0 && r.revision < self.compact {
+                    return Err(MvccError::Compacted);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse, MvccError> {
+        let prev = self.latest(&p.key)?;
+        let rev = self.begin + 1;
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            (None, true) => return Err(MvccError::KeyNotFound),
+            (_, false) => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            (None, true) => return Err(MvccError::KeyNotFound),
+            (_, false) => p.lease,
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if prev_lease != 0 && prev_lease != lease {
+            self.lease_ops
+                .insert(keys::lease_attach_key(prev_lease, &p.key), None);
+        }
+        if lease != 0 {
+            self.lease_ops
+                .insert(keys::lease_attach_key(lease, &p.key), Some(Vec::new()));
+        }
+        self.overlay.insert(p.key.clone(), Some(kv.clone()));
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: prev.clone(),
+        });
+        Ok(PutResponse {
+            header: rev_header(rev),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        let (doomed, _) =
+            self.reader()
+                .collect(&d.key, &End::of(&d.range_end), self.rev(), None, false)?;
+        let rev = self.begin + 1;
+        for kv in &doomed {
+            if kv.lease != 0 {
+                self.lease_ops
+                    .insert(keys::lease_attach_key(kv.lease, &kv.key), None);
+            }
+            self.overlay.insert(kv.key.clone(), None);
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: kv.key.clone(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv: Some(kv.clone()),
+            });
+        }
+        Ok(DeleteRangeResponse {
+            header: rev_header(self.rev()),
+            deleted: doomed.len() as i64,
+            prev_kvs: if d.prev_kv { doomed } else { Vec::new() },
+        })
+    }
+
+    /// etcd's `applyCompare`.
+    fn compare(&self, c: &Compare) -> Result<bool, MvccError> {
+        let (kvs, _) =
+            self.reader()
+                .collect(&c.key, &End::of(&c.range_end), self.rev(), None, false)?;
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        if kvs.is_empty() {
+            if target == CompareTarget::Value {
+                // A missing key has no value to compare: always false.
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, target, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, target, kv)))
+    }
+
+    /// etcd's `compareToPath`: every compare of the chosen branches,
+    /// evaluated before anything is written.
+    fn path(&self, t: &TxnRequest, out: &mut Vec<bool>) -> Result<(), MvccError> {
+        let mut ok = true;
+        for c in &t.compare {
+            if !self.compare(c)? {
+                ok = false;
+                break;
+            }
+        }
+        out.push(ok);
+        let ops = if ok { &t.success } else { &t.failure };
+        for op in ops {
+            if let Some(Request::RequestTxn(nested)) = &op.request {
+                self.path(nested, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn precheck_path(
+        &self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<(), MvccError> {
+        let ops = if path[*at] { &t.success } else { &t.failure };
+        *at += 1;
+        for op in ops {
+            match &op.request {
+                Some(Request::RequestTxn(nested)) => self.precheck_path(nested, path, at)?,
+                Some(r) => self.precheck(r)?,
+                None => return Err(MvccError::KeyNotFound),
+            }
+        }
+        Ok(())
+    }
+
+    fn run_path(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse, MvccError> {
+        let succeeded = path[*at];
+        *at += 1;
+        let ops: &[RequestOp] = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(Request::RequestRange(r)) => {
+                    OpResponse::ResponseRange(self.reader().range(r)?)
+                }
+                Some(Request::RequestPut(p)) => OpResponse::ResponsePut(self.put(p)?),
+                Some(Request::RequestDeleteRange(d)) => {
+                    OpResponse::ResponseDeleteRange(self.delete(d)?)
+                }
+                Some(Request::RequestTxn(nested)) => {
+                    OpResponse::ResponseTxn(self.run_path(nested, path, at)?)
+                }
+                None => return Err(MvccError::KeyNotFound),
+            };
+            responses.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(TxnResponse {
+            // etcd sets only the outermost txn's revision.
+            header: Some(ResponseHeader::default()),
+            succeeded,
+            responses,
+        })
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut path = Vec::new();
+        self.path(t, &mut path)?;
+        self.precheck_path(t, &path, &mut 0)?;
+        let mut resp = self.run_path(t, &path, &mut 0)?;
+        resp.header = rev_header(self.rev());
+        Ok(resp)
+    }
+
+    fn compaction(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, MvccError> {
+        if c.revision <= self.compact {
+            return Err(MvccError::Compacted);
+        }
+        if c.revision > self.begin {
+            return Err(MvccError::FutureRevision);
+        }
+        self.compacted = Some(c.revision);
+        Ok(CompactionResponse {
+            header: rev_header(self.begin),
+        })
+    }
+
+    fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse, MvccError> {
+        if g.ttl > crate::lease::MAX_LEASE_TTL {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        if self.lease_exists(g.id)? {
+            return Err(MvccError::LeaseExists);
+        }
+        self.lease_ops
+            .insert(keys::lease_key(g.id), Some(g.ttl.to_be_bytes().to_vec()));
+        self.leases_granted.push((g.id, g.ttl));
+        Ok(LeaseGrantResponse {
+            header: rev_header(self.begin),
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        })
+    }
+
+    fn lease_revoke(&mut self, r: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse, MvccError> {
+        if !self.lease_exists(r.id)? {
+            return Err(MvccError::LeaseNotFound);
+        }
+        // Attached keys are deleted in key order, in one revision (etcd).
+        for key in lease_keys(self.snap, r.id)? {
+            self.delete(&DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            })?;
+            self.lease_ops
+                .insert(keys::lease_attach_key(r.id, &key), None);
+        }
+        self.lease_ops.insert(keys::lease_key(r.id), None);
+        self.leases_revoked.push(r.id);
+        Ok(LeaseRevokeResponse {
+            header: rev_header(self.rev()),
+        })
+    }
+
+    /// The batch that makes this command durable.
+    fn into_batch(self, batch: &mut Batch) -> TxnOutcome {
+        let rev = self.rev();
+        if rev != self.begin {
+            for (k, v) in &self.overlay {
+                let value = match v {
+                    Some(kv) => encode_kv(kv),
+                    None => vec![TOMBSTONE],
+                };
+                batch.put(Table::Kv, keys::version_key(k, rev), value);
+            }
+            for (i, e) in self.events.iter().enumerate() {
+                let kv = e.kv.as_ref().expect("events carry a kv");
+                let mut v = Vec::with_capacity(kv.key.len() + 1);
+                v.push(if e.r#type == EventType::Put as i32 {
+                    LIVE
+                } else {
+                    TOMBSTONE
+                });
+                v.extend_from_slice(&kv.key);
+                batch.put(Table::Rev, keys::rev_key(rev, i as u32), v);
+            }
+            batch.put(
+                Table::Meta,
+                META_CURRENT.to_vec(),
+                rev.to_be_bytes().to_vec(),
+            );
+        }
+        for (k, v) in self.lease_ops {
+            match v {
+                Some(v) => batch.put(Table::Lease, k, v),
+                None => batch.delete(Table::Lease, k),
+            }
+        }
+        if let Some(c) = self.compacted {
+            batch.put(Table::Meta, META_COMPACT.to_vec(), c.to_be_bytes().to_vec());
+        }
+        TxnOutcome {
+            revision: rev,
+            events: self.events,
+            leases_granted: self.leases_granted,
+            leases_revoked: self.leases_revoked,
+            compacted: self.compacted,
+        }
+    }
+}
+
+struct TxnOutcome {
+    revision: i64,
+    events: Vec<Event>,
+    leases_granted: Vec<(i64, i64)>,
+    leases_revoked: Vec<i64>,
+    compacted: Option<i64>,
+}
+
+fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering as O;
+    let ord = match (target, &c.target_union) {
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v),
+        (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[]),
+        (t, u) => {
+            let want = match u {
+                Some(TargetUnion::Version(v))
+                | Some(TargetUnion::CreateRevision(v))
+                | Some(TargetUnion::ModRevision(v))
+                | Some(TargetUnion::Lease(v)) => *v,
+                _ => 0,
+            };
+            let have = match t {
+                CompareTarget::Version => kv.version,
+                CompareTarget::Create => kv.create_revision,
+                CompareTarget::Mod => kv.mod_revision,
+                CompareTarget::Lease => kv.lease,
+                CompareTarget::Value => unreachable!("handled above"),
+            };
+            have.cmp(&want)
+        }
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord == O::Equal,
+        CompareResult::NotEqual => ord != O::Equal,
+        CompareResult::Greater => ord == O::Greater,
+        CompareResult::Less => ord == O::Less,
+    }
+}
+
+fn lease_keys<S: ReadView>(snap: &S, id: i64) -> Result<Vec<Vec<u8>>, BackendError> {
+    let p = keys::lease_attach_prefix(id);
+    let end = keys::prefix_end(&p);
+    snap.scan(Table::Lease, &p, end.as_deref(), false)
+        .map(|r| r.map(|(k, _)| k[p.len()..].to_vec()))
+        .collect()
+}
+
+// === impl Mvcc ===
 
 impl<B: Backend> Mvcc<B> {
     /// Opens the store, loading current/compact revision and applied index.
     pub fn open(backend: B) -> Result<Self, MvccError> {
-        let _ = &backend;
-        todo!()
+        let snap = backend.snapshot();
+        let current = meta_i64(&snap, META_CURRENT)?.unwrap_or(1);
+        let compact = meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
+        let applied = meta_i64(&snap, META_APPLIED)?.unwrap_or(0) as u64;
+        let physical = meta_i64(&snap, META_PHYSICAL)?.unwrap_or(0);
+        drop(snap);
+        Ok(Mvcc {
+            backend,
+            current: AtomicI64::new(current),
+            compacted: AtomicI64::new(compact),
+            applied: AtomicU64::new(applied),
+            physical: Mutex::new(Physical {
+                done: physical,
+                ..Default::default()
+            }),
+        })
     }
+
     pub fn backend(&self) -> &B {
         &self.backend
     }
+
     /// Latest revision (1 on an empty store, as etcd).
     pub fn current_revision(&self) -> i64 {
-        todo!()
+        self.current.load(Ordering::Acquire)
     }
+
+    /// Revision of the last compaction (0 when none).
     pub fn compact_revision(&self) -> i64 {
-        todo!()
+        self.compacted.load(Ordering::Acquire)
     }
+
     /// Raft index of the last applied command (0 when none).
     pub fn applied_index(&self) -> u64 {
-        todo!()
+        self.applied.load(Ordering::Acquire)
     }
+
+    /// A snapshot consistent with the returned (current, compact) revisions:
+    /// it holds everything up to `current` and nothing compaction removed
+    /// that a read at or above `compact` needs.
+    fn view(&self) -> (B::Snapshot, i64, i64) {
+        let current = self.current_revision();
+        let snap = self.backend.snapshot();
+        let compact = self.compact_revision();
+        (snap, current, compact)
+    }
+
     /// Range with every etcd option. `header.revision` is set; other header
     /// fields are the caller's.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let _ = req;
-        todo!()
+        let (snap, current, compact) = self.view();
+        Reader {
+            snap: &snap,
+            overlay: None,
+            current,
+            compact,
+        }
+        .range(req)
     }
+
     /// Applies one committed command. Called by one thread in log order.
     /// `Err` only for storage failures (fatal).
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<Applied, BackendError> {
-        let _ = (index, cmd);
-        todo!()
+        let snap = self.backend.snapshot();
+        let begin = self.current_revision();
+        let mut txn = Txn::new(&snap, begin, self.compact_revision());
+        let result = match &cmd.op {
+            Some(Op::Put(p)) => txn
+                .precheck(&Request::RequestPut(p.clone()))
+                .and_then(|()| txn.put(p))
+                .map(Response::Put),
+            Some(Op::DeleteRange(d)) => txn.delete(d).map(Response::DeleteRange),
+            Some(Op::Txn(t)) => txn.txn(t).map(Response::Txn),
+            Some(Op::Compaction(c)) => txn.compaction(c).map(Response::Compaction),
+            Some(Op::LeaseGrant(g)) => txn.lease_grant(g).map(Response::LeaseGrant),
+            Some(Op::LeaseRevoke(r)) => txn.lease_revoke(r).map(Response::LeaseRevoke),
+            None => Err(MvccError::KeyNotFound),
+        };
+        let result = match result {
+            Err(MvccError::Backend(e)) => return Err(e),
+            r => r,
+        };
+        let mut batch = Batch::default();
+        let outcome = if result.is_ok() {
+            txn.into_batch(&mut batch)
+        } else {
+            // A refused command changes nothing but the applied index.
+            Txn::new(&snap, begin, 0).into_batch(&mut batch)
+        };
+        batch.put(
+            Table::Meta,
+            META_APPLIED.to_vec(),
+            (index as i64).to_be_bytes().to_vec(),
+        );
+        // Not fsynced: the raft log holds the command durably and shares
+        // the backend's journal, so a lost apply is replayed at start.
+        self.backend.commit(batch, false)?;
+        self.applied.store(index, Ordering::Release);
+        if let Some(c) = outcome.compacted {
+            self.compacted.store(c, Ordering::Release);
+        }
+        self.current.store(outcome.revision, Ordering::Release);
+        Ok(Applied {
+            result,
+            revision: outcome.revision,
+            events: outcome.events,
+            leases_granted: outcome.leases_granted,
+            leases_revoked: outcome.leases_revoked,
+            compacted: outcome.compacted,
+        })
     }
+
     /// Records `index` as applied for a raft entry that carries no command.
     pub fn mark_applied(&self, index: u64) -> Result<(), BackendError> {
-        let _ = index;
-        todo!()
+        let mut batch = Batch::default();
+        batch.put(
+            Table::Meta,
+            META_APPLIED.to_vec(),
+            (index as i64).to_be_bytes().to_vec(),
+        );
+        self.backend.commit(batch, false)?;
+        self.applied.store(index, Ordering::Release);
+        Ok(())
     }
+
     /// Events with revision in `[from, to]`, in revision order, at most
     /// `limit` revisions' worth (whole revisions only). `prev_kv` filled when
-    /// `with_prev_kv`. `Compacted` when `from <= compact_revision` and
-    /// `from` is not greater than the compaction point.
+    /// `with_prev_kv`. `Compacted` when `from` is below the compaction point.
     pub fn events(
         &self,
         from: i64,
@@ -96,34 +907,313 @@ impl<B: Backend> Mvcc<B> {
         limit: usize,
         with_prev_kv: bool,
     ) -> Result<Vec<Event>, MvccError> {
-        let _ = (from, to, limit, with_prev_kv);
-        todo!()
+        let (snap, _, compact) = self.view();
+        if from < compact {
+            return Err(MvccError::Compacted);
+        }
+        let mut out = Vec::new();
+        if to < from || limit == 0 {
+            return Ok(out);
+        }
+        let mut revs = 0usize;
+        let mut last_rev = 0;
+        let end = keys::rev_start(to.saturating_add(1));
+        for r in snap.scan(Table::Rev, &keys::rev_start(from), Some(&end), false) {
+            let (k, v) = r?;
+            let rev = keys::split_rev_key(&k).ok_or_else(|| corrupt("revision", &k, "short"))?;
+            if rev != last_rev {
+                if revs == limit {
+                    break;
+                }
+                revs += 1;
+                last_rev = rev;
+            }
+            let (&tag, key) = v
+                .split_first()
+                .ok_or_else(|| corrupt("revision", &k, "empty"))?;
+            let prefix = keys::prefix(key);
+            let kv = if tag == LIVE {
+                match snap.get(Table::Kv, &keys::version_key(key, rev))? {
+                    Some(raw) => decode_kv(&prefix, &raw)?,
+                    None => continue, // removed by compaction
+                }
+            } else {
+                KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }
+            };
+            let prev_kv = if with_prev_kv {
+                lookup(&snap, key, rev - 1)?
+                    .map(|raw| decode_kv(&prefix, &raw))
+                    .transpose()?
+            } else {
+                None
+            };
+            out.push(Event {
+                r#type: if tag == LIVE {
+                    EventType::Put as i32
+                } else {
+                    EventType::Delete as i32
+                },
+                kv: Some(kv),
+                prev_kv,
+            });
+        }
+        Ok(out)
     }
+
     /// Removes versions made unreachable by the last logical compaction, at
-    /// most `budget` entries per call. Returns true when nothing is left.
+    /// most `budget` entries examined per call. Returns true when nothing is
+    /// left to do.
     pub fn compact_physical(&self, budget: usize) -> Result<bool, BackendError> {
-        let _ = budget;
-        todo!()
+        let target = self.compact_revision();
+        let mut st = self.physical.lock().expect("physical compaction lock");
+        if st.done >= target {
+            return Ok(true);
+        }
+        if st.target != target {
+            *st = Physical {
+                done: st.done,
+                target,
+                ..Default::default()
+            };
+        }
+        let snap = self.backend.snapshot();
+        let mut batch = Batch::default();
+        let mut examined = 0usize;
+        let mut finished_table = true;
+        if !st.in_rev_table {
+            let cursor = st.cursor.clone();
+            for r in snap.scan(Table::Kv, &cursor, None, false) {
+                if examined == budget {
+                    finished_table = false;
+                    break;
+                }
+                let (ik, v) = r?;
+                examined += 1;
+                let mut next = ik.clone();
+                next.push(0);
+                st.cursor = next;
+                let (p, krev) = keys::split_version_key(&ik)
+                    .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
+                if p != st.group.as_slice() {
+                    st.group = p.to_vec();
+                    st.group_decided = false;
+                }
+                if krev > target {
+                    continue;
+                }
+                if st.group_decided || v.first() != Some(&LIVE) {
+                    batch.delete(Table::Kv, ik.clone());
+                }
+                st.group_decided = true;
+            }
+            if finished_table {
+                st.in_rev_table = true;
+                st.cursor = Vec::new();
+            }
+        }
+        if st.in_rev_table && examined < budget {
+            finished_table = true;
+            let end = keys::rev_start(target);
+            let cursor = st.cursor.clone();
+            for r in snap.scan(Table::Rev, &cursor, Some(&end), false) {
+                if examined == budget {
+                    finished_table = false;
+                    break;
+                }
+                let (k, _) = r?;
+                examined += 1;
+                let mut next = k.clone();
+                next.push(0);
+                st.cursor = next;
+                batch.delete(Table::Rev, k);
+            }
+        } else {
+            finished_table = false;
+        }
+        let done = st.in_rev_table && finished_table;
+        if done {
+            batch.put(
+                Table::Meta,
+                META_PHYSICAL.to_vec(),
+                target.to_be_bytes().to_vec(),
+            );
+        }
+        if !batch.is_empty() {
+            self.backend.commit(batch, false)?;
+        }
+        if done {
+            st.done = target;
+        }
+        Ok(done)
     }
+
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, BackendError> {
-        let _ = id;
-        todo!()
+        let snap = self.backend.snapshot();
+        snap.get(Table::Lease, &keys::lease_key(id))?
+            .map(|v| decode_ttl(id, &v))
+            .transpose()
     }
+
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, BackendError> {
-        let _ = id;
-        todo!()
+        lease_keys(&self.backend.snapshot(), id)
     }
+
     pub fn leases(&self) -> Result<Vec<LeaseInfo>, BackendError> {
-        todo!()
+        let snap = self.backend.snapshot();
+        snap.scan(Table::Lease, b"l", Some(b"m"), false)
+            .map(|r| {
+                let (k, v) = r?;
+                let id: [u8; 8] = k
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| corrupt("lease", &k, "short key"))?;
+                decode_ttl(u64::from_be_bytes(id) as i64, &v)
+            })
+            .collect()
     }
+
     /// etcd's HashKV: (hash, compact_revision, hash_revision). `rev = 0`
-    /// hashes at the current revision.
+    /// hashes at the current revision. The hash covers the versions a read
+    /// at or below `hash_revision` can see, so it does not depend on how far
+    /// physical compaction got; `compact_revision` is -1 before the first
+    /// compaction, as etcd reports it.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
-        let _ = rev;
-        todo!()
+        let (snap, current, compact) = self.view();
+        if rev > 0 && rev <= compact {
+            return Err(MvccError::Compacted);
+        }
+        if rev > current {
+            return Err(MvccError::FutureRevision);
+        }
+        let at = if rev <= 0 { current } else { rev };
+        let mut h = crc32fast::Hasher::new();
+        h.update(b"kv");
+        let mut group: Vec<u8> = Vec::new();
+        let mut decided = false;
+        for r in snap.scan(Table::Kv, &[], None, false) {
+            let (ik, v) = r?;
+            let (p, krev) = keys::split_version_key(&ik)
+                .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
+            if p != group.as_slice() {
+                group = p.to_vec();
+                decided = false;
+            }
+            if krev > at {
+                continue;
+            }
+            if krev <= compact {
+                let keep = !decided && v.first() == Some(&LIVE);
+                decided = true;
+                if !keep {
+                    continue;
+                }
+            }
+            h.update(&ik);
+            h.update(&v);
+        }
+        Ok((h.finalize(), if compact == 0 { -1 } else { compact }, at))
     }
-    /// Hash of every table (Maintenance.Hash).
+
+    /// Hash of the data tables (Maintenance.Hash).
     pub fn hash_all(&self) -> Result<u32, BackendError> {
-        todo!()
+        let snap = self.backend.snapshot();
+        let mut h = crc32fast::Hasher::new();
+        for t in [Table::Kv, Table::Rev, Table::Lease] {
+            h.update(t.name().as_bytes());
+            for r in snap.scan(t, &[], None, false) {
+                let (k, v) = r?;
+                h.update(&k);
+                h.update(&v);
+            }
+        }
+        Ok(h.finalize())
+    }
+
+    /// The whole store as a stream of chunks of about `chunk_bytes`, read
+    /// from one snapshot (Maintenance.Snapshot). Format: the magic
+    /// `CAIRNSNAP1`, then records `table u8 | klen u32 | key | vlen u32 | value`.
+    pub fn snapshot_chunks(&self, chunk_bytes: usize) -> SnapshotChunks<B::Snapshot> {
+        SnapshotChunks {
+            snap: self.backend.snapshot(),
+            table: 0,
+            cursor: Vec::new(),
+            chunk_bytes: chunk_bytes.max(64),
+            started: false,
+            done: false,
+        }
+    }
+}
+
+fn decode_ttl(id: i64, v: &[u8]) -> Result<LeaseInfo, BackendError> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| corrupt("lease", &id.to_be_bytes(), "ttl is not 8 bytes"))?;
+    Ok(LeaseInfo {
+        id,
+        ttl: i64::from_be_bytes(b),
+    })
+}
+
+/// Iterator over a snapshot's chunks; see [`Mvcc::snapshot_chunks`].
+pub struct SnapshotChunks<S: ReadView> {
+    snap: S,
+    table: usize,
+    cursor: Vec<u8>,
+    chunk_bytes: usize,
+    started: bool,
+    done: bool,
+}
+
+impl<S: ReadView> Iterator for SnapshotChunks<S> {
+    type Item = Result<Vec<u8>, BackendError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.chunk_bytes + 64);
+        if !self.started {
+            out.extend_from_slice(b"CAIRNSNAP1");
+            self.started = true;
+        }
+        while self.table < Table::ALL.len() && out.len() < self.chunk_bytes {
+            let t = Table::ALL[self.table];
+            let mut exhausted = true;
+            for r in self.snap.scan(t, &self.cursor, None, false) {
+                let (k, v) = match r {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                out.push(self.table as u8);
+                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(&v);
+                self.cursor = k;
+                self.cursor.push(0);
+                if out.len() >= self.chunk_bytes {
+                    exhausted = false;
+                    break;
+                }
+            }
+            if exhausted {
+                self.table += 1;
+                self.cursor.clear();
+            }
+        }
+        if self.table >= Table::ALL.len() {
+            self.done = true;
+            if out.is_empty() {
+                return None;
+            }
+        }
+        Some(Ok(out))
     }
 }
