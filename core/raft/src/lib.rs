@@ -13,6 +13,13 @@
 
 use std::time::Duration;
 
+mod log;
+mod mem;
+mod node;
+
+pub use mem::MemLogStore;
+pub use node::{Node, StartError};
+
 pub use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 /// The replicated state machine, applied on the driver thread.
@@ -67,6 +74,9 @@ pub struct NodeStatus {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// Set when the node stopped on a storage failure: nothing more is
+    /// proposed or applied, and the process should exit.
+    pub fatal: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
@@ -80,4 +90,6 @@ pub enum ProposeError {
     Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
 }
