@@ -10,6 +10,8 @@
 
 mod backend;
 mod log;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,10 @@ pub const FORMAT_FILE: &str = "cairn.format";
 /// Content of the marker file for the current on-disk format.
 pub const FORMAT_CONTENT: &str = "cairn-data 1\n";
 const DB_DIR: &str = "db";
+/// Entries that may exist in a directory we have not initialised yet: the
+/// agent binds its unix socket (`cairn.sock`) in the data directory before
+/// opening the database, and a crash may leave the marker's temp file.
+const IGNORED_NEW_DIR_ENTRIES: &[&str] = &["cairn.sock", "cairn.format.tmp", "lost+found"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -136,6 +142,7 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
                 .map_err(io_err(dir))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !IGNORED_NEW_DIR_ENTRIES.contains(&n.as_str()))
                 .collect();
             if !names.is_empty() {
                 names.sort();
@@ -238,14 +245,5 @@ impl Db {
     /// The directory of the fjall database (`<dir>/db`).
     pub fn path(&self) -> &Path {
         &self.inner.path
-    }
-
-    /// Test hook: overwrites the raw stored value of raft log entry `index`
-    /// (to simulate on-disk corruption). Not for production use.
-    #[doc(hidden)]
-    pub fn debug_write_raw_log_entry(&self, index: u64, raw: &[u8]) -> Result<(), StoreError> {
-        let mut b = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
-        b.insert(&self.inner.raft_log, index.to_be_bytes(), raw);
-        b.commit().map_err(|e| self.inner.fjall_err(e))
     }
 }

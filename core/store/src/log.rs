@@ -31,7 +31,7 @@ pub(crate) struct LogState {
     hard_state: HardState,
     conf_state: ConfState,
     /// Set after a failed write: nothing more is written.
-    poisoned: Option<String>,
+    pub(crate) poisoned: Option<String>,
 }
 
 fn frame(bytes: &[u8]) -> Vec<u8> {
