@@ -1,0 +1,172 @@
+use super::*;
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.to_vec().into();
+    e
+}
+
+fn ctx() -> GetEntriesContext {
+    GetEntriesContext::empty(false)
+}
+
+#[test]
+fn backend_commits_scans_and_isolates_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let b = db.mvcc_backend();
+    let mut batch = Batch::default();
+    for k in ["a", "b", "c", "d"] {
+        batch.put(Table::Kv, k.into(), k.to_uppercase().into());
+    }
+    b.commit(batch, true).unwrap();
+    let snap = b.snapshot();
+    let mut batch = Batch::default();
+    batch.delete(Table::Kv, b"b".to_vec());
+    batch.put(Table::Kv, b"e".to_vec(), b"E".to_vec());
+    b.commit(batch, false).unwrap();
+    let keys = |s: &FjallSnapshot, start: &[u8], end: Option<&[u8]>, rev| -> Vec<Vec<u8>> {
+        s.scan(Table::Kv, start, end, rev)
+            .map(|r| r.unwrap().0)
+            .collect()
+    };
+    assert_eq!(keys(&snap, b"a", Some(b"d"), false), [b"a", b"b", b"c"]);
+    assert_eq!(keys(&snap, b"b", None, true), [b"d", b"c", b"b"]);
+    assert_eq!(
+        snap.get(Table::Kv, b"e").unwrap(),
+        None,
+        "snapshot saw a later commit"
+    );
+    let now = b.snapshot();
+    assert_eq!(keys(&now, b"", None, false), [b"a", b"c", b"d", b"e"]);
+    assert_eq!(
+        now.get(Table::Meta, b"a").unwrap(),
+        None,
+        "tables are separate"
+    );
+    drop((snap, now, b, db));
+    let db = Db::open(dir.path()).unwrap();
+    let s = db.mvcc_backend().snapshot();
+    assert_eq!(s.get(Table::Kv, b"e").unwrap(), Some(b"E".to_vec()));
+    assert_eq!(s.get(Table::Kv, b"b").unwrap(), None);
+}
+
+#[test]
+fn log_appends_replaces_suffix_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = db.raft_log();
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (1, 0)
+        );
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 3;
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &[i as u8])).collect();
+        log.append(&ents, Some(&hs), true).unwrap();
+        // a new leader overwrites 4..5 with one entry of term 2
+        log.append(&[entry(4, 2, b"x")], None, true).unwrap();
+        assert_eq!(log.last_index().unwrap(), 4);
+        assert_eq!(log.term(4).unwrap(), 2);
+        assert_eq!(log.term(3).unwrap(), 1);
+        assert!(log.term(5).is_err());
+        let got = log.entries(2, 5, None, ctx()).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), [2, 3, 4]);
+        // max_size keeps at least one entry
+        assert_eq!(log.entries(1, 5, 1, ctx()).unwrap().len(), 1);
+        let mut cs = ConfState::default();
+        cs.voters = vec![7];
+        log.set_conf_state(&cs).unwrap();
+        log.compact(2).unwrap();
+        assert_eq!(log.first_index().unwrap(), 3);
+        assert_eq!(log.term(2).unwrap(), 1);
+        assert!(matches!(
+            log.entries(2, 4, None, ctx()),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let log = db.raft_log();
+    let st = log.initial_state().unwrap();
+    assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 3));
+    assert_eq!(st.conf_state.voters, vec![7]);
+    assert_eq!(
+        (log.first_index().unwrap(), log.last_index().unwrap()),
+        (3, 4)
+    );
+    assert_eq!(&log.entries(4, 5, None, ctx()).unwrap()[0].data[..], b"x");
+}
+
+fn corrupt_entry(dir: &Path, index: u64) {
+    let db = Db::open(dir).unwrap();
+    let mut raw = db
+        .shared
+        .raft_log
+        .get(index.to_be_bytes())
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xFF;
+    db.shared.raft_log.insert(index.to_be_bytes(), raw).unwrap();
+    db.shared.db.persist(PersistMode::SyncAll).unwrap();
+}
+
+#[test]
+fn torn_tail_is_dropped_and_corrupt_middle_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let ents: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"payload")).collect();
+        db.raft_log().append(&ents, None, true).unwrap();
+    }
+    corrupt_entry(dir.path(), 4);
+    {
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.raft_log().last_index().unwrap(), 3, "torn tail dropped");
+    }
+    corrupt_entry(dir.path(), 2);
+    let err = Db::open(dir.path())
+        .err()
+        .expect("corrupt entry refused")
+        .to_string();
+    assert!(err.contains("entry 2") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn refuses_foreign_directories_and_keeps_meta() {
+    let etcd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(etcd.path().join("member")).unwrap();
+    let err = Db::open(etcd.path()).err().unwrap().to_string();
+    assert!(err.contains("etcd data directory"), "{err}");
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "x").unwrap();
+    assert!(matches!(
+        Db::open(other.path()),
+        Err(StoreError::NotCairn(_))
+    ));
+
+    let file = other.path().join("notes.txt");
+    assert!(matches!(Db::open(&file), Err(StoreError::Io { .. })));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cairn.sock"), "").unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put_meta("member_id", b"abc").unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.get_meta("member_id").unwrap(), Some(b"abc".to_vec()));
+    assert_eq!(db.get_meta("nope").unwrap(), None);
+    drop(db);
+    std::fs::write(dir.path().join(FORMAT_FILE), "cairn-data 9\n").unwrap();
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(StoreError::Format { .. })
+    ));
+}
