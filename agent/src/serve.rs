@@ -46,7 +46,7 @@ async fn fallback(req: axum::extract::Request) -> axum::response::Response {
     if grpc {
         let msg = format!("unknown service or method {}", req.uri().path());
         tonic::Status::unimplemented(msg)
-            .into_http()
+            .into_http::<axum::body::Body>()
             .into_response()
     } else {
         (http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()
