@@ -143,10 +143,7 @@ async fn health(
         None
     };
     let (code, body) = match reason {
-        None => (
-            StatusCode::OK,
-            serde_json::json!({"health": "true", "reason": ""}),
-        ),
+        None => (StatusCode::OK, serde_json::json!({"health": "true"})),
         Some(r) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"health": "false", "reason": r}),

@@ -26,12 +26,66 @@ pub fn routes(api: &Api) -> Routes {
                 .max_encoding_message_size(max_send)
         };
     }
-    Routes::from(crate::http::router(api.clone()).fallback(fallback))
+    let routes = Routes::from(crate::http::router(api.clone()).fallback(fallback))
         .add_service(svc!(KvServer))
         .add_service(svc!(WatchServer))
         .add_service(svc!(LeaseServer))
         .add_service(svc!(MaintenanceServer))
-        .add_service(svc!(ClusterServer))
+        .add_service(svc!(ClusterServer));
+    Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::map_response(etcd_size_status)),
+    )
+}
+
+/// tonic refuses an oversized request message with its own wording; etcd
+/// clients (and scripts matching on errors) know grpc-go's:
+/// `ResourceExhausted: grpc: received message larger than max (N vs. M)`.
+async fn etcd_size_status(mut resp: axum::response::Response) -> axum::response::Response {
+    let h = resp.headers();
+    if h.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return resp;
+    }
+    let Some(msg) = h.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return resp;
+    };
+    let msg = percent_decode(msg);
+    let Some(rest) = msg.strip_prefix("Error, decoded message length too large: found ") else {
+        return resp;
+    };
+    let nums: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let [found, limit] = nums[..] {
+        let text = format!("grpc: received message larger than max ({found} vs. {limit})");
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        if let Ok(v) = http::HeaderValue::from_str(&text.replace(' ', "%20")) {
+            h.insert("grpc-message", v);
+        }
+    }
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// gRPC clients asking for a service we do not have get `Unimplemented`;
@@ -46,7 +100,7 @@ async fn fallback(req: axum::extract::Request) -> axum::response::Response {
     if grpc {
         let msg = format!("unknown service or method {}", req.uri().path());
         tonic::Status::unimplemented(msg)
-            .into_http()
+            .into_http::<axum::body::Body>()
             .into_response()
     } else {
         (http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()

@@ -414,9 +414,16 @@ impl Subject {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        // An explicit --endpoints replaces the subject's own.
+        let own = (!args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--endpoints=")))
+        .then(|| format!("--endpoints={}", self.endpoint()));
         let mut child = Command::new(ETCDCTL_BIN)
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(own)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

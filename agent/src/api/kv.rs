@@ -104,7 +104,7 @@ impl Api {
             || req.min_create_revision != 0
             || req.max_create_revision != 0;
         if sorted || filtered || req.count_only || req.range_end.is_empty() {
-            let r = self.range(&req).await?;
+            let r = self.0.range(&req).await?;
             let _ = tx
                 .send(Ok(RangeStreamResponse {
                     range_response: Some(r),
@@ -116,7 +116,7 @@ impl Api {
         let mut first = req.clone();
         first.limit =
             limits::RANGE_STREAM_CHUNK_KEYS.min(if req.limit > 0 { req.limit } else { i64::MAX });
-        let mut page = self.range(&first).await?;
+        let mut page = self.0.range(&first).await?;
         let revision = page.header.as_ref().map(|h| h.revision).unwrap_or_default();
         let mut sent: i64 = 0;
         loop {

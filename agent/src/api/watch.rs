@@ -162,11 +162,8 @@ impl WatchStream {
             None
         };
         let mut created = self.response(
-            if refuse.is_some() && c.watch_id == 0 {
-                -1
-            } else {
-                id
-            },
+            // etcd answers a refused create with watch id -1.
+            if refuse.is_some() { -1 } else { id },
             current,
         );
         created.created = true;
@@ -253,6 +250,12 @@ impl WatchStream {
     }
 
     fn read(&self, from: i64, to: i64) -> Result<Vec<RevisionEvents>, MvccError> {
+        // The ring may still hold revisions a compaction has removed: a
+        // watcher starting there is canceled exactly as one that reads the
+        // store would be.
+        if from < self.api.mvcc.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
         if let Some(revs) = self.api.hub.get(from, to) {
             return Ok(revs);
         }

@@ -1135,7 +1135,8 @@ impl<B: Backend> Mvcc<B> {
 
     /// The whole store as a stream of chunks of about `chunk_bytes`, read
     /// from one snapshot (Maintenance.Snapshot). Format: the magic
-    /// `CAIRNSNAP1`, then records `table u8 | klen u32 | key | vlen u32 | value`.
+    /// `CAIRNSNAP1`, then records `table u8 | klen u32 | key | vlen u32 | value`,
+    /// then `0xFF` and zero padding to a multiple of 512 bytes.
     pub fn snapshot_chunks(&self, chunk_bytes: usize) -> SnapshotChunks<B::Snapshot> {
         SnapshotChunks {
             snap: self.backend.snapshot(),
@@ -1144,6 +1145,7 @@ impl<B: Backend> Mvcc<B> {
             chunk_bytes: chunk_bytes.max(64),
             started: false,
             done: false,
+            emitted: 0,
         }
     }
 }
@@ -1166,6 +1168,7 @@ pub struct SnapshotChunks<S: ReadView> {
     chunk_bytes: usize,
     started: bool,
     done: bool,
+    emitted: usize,
 }
 
 impl<S: ReadView> Iterator for SnapshotChunks<S> {
@@ -1210,10 +1213,14 @@ impl<S: ReadView> Iterator for SnapshotChunks<S> {
         }
         if self.table >= Table::ALL.len() {
             self.done = true;
-            if out.is_empty() {
-                return None;
-            }
+            // An end marker, then zeros to a multiple of 512 bytes: etcd's
+            // clients check that a snapshot is whole pages plus the SHA-256
+            // the server appends.
+            out.push(0xFF);
+            let total = self.emitted + out.len();
+            out.resize(out.len() + (512 - total % 512) % 512, 0);
         }
+        self.emitted += out.len();
         Some(Ok(out))
     }
 }

@@ -322,6 +322,7 @@ fn reopen_keeps_revisions_and_sorting_works() {
     assert_eq!(r.kvs.len(), 2);
     let chunks: Vec<Vec<u8>> = m.snapshot_chunks(64).map(|c| c.unwrap()).collect();
     assert!(chunks.len() > 1 && chunks[0].starts_with(b"CAIRNSNAP1"));
+    assert_eq!(chunks.iter().map(Vec::len).sum::<usize>() % 512, 0);
 }
 
 #[test]

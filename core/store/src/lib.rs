@@ -1,249 +1,606 @@
-//! On-disk storage: one fjall database holding the MVCC tables, the raft log,
-//! the raft hard state and a little agent metadata.
+//! On-disk storage: one fjall database holds the raft log and hard state, the
+//! MVCC tables and the agent's own records, so one journal orders them all.
 //!
 //! Layout of a data directory:
-//! - `<dir>/cairn.format`: a text marker (`cairn-data 1\n`), written on the
-//!   first open and checked on every later one;
-//! - `<dir>/db/`: the fjall database, with keyspaces `kv`, `rev`, `lease`,
-//!   `meta` (the MVCC tables), `raft_log`, `raft_state` and `agent_meta`.
+//! - `cairn.format`: a one-line marker naming the format; checked at open.
+//! - `db/`: the fjall database, keyspaces `kv`, `rev`, `lease`, `meta` (the
+//!   MVCC tables), `raft_log`, `raft_state` and `agent_meta`.
+//!
+//! Every raft entry is stored with a CRC-32 that is checked whenever it is
+//! read back. At open, a torn last entry is dropped (it was never
+//! acknowledged: acknowledgement waits for the fsync) and a corrupt entry
+//! anywhere else stops the open with its index named. After a failed write
+//! the store refuses every later one (a failed fsync cannot be retried).
 #![forbid(unsafe_code)]
 
-mod backend;
-mod log;
-#[cfg(test)]
-mod tests;
-
+use std::collections::VecDeque;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use cairn_mvcc::backend::ScanIter;
+use cairn_mvcc::{Backend, BackendError, Batch, ReadView, Table};
+use cairn_raft::{ConfState, Entry, HardState, LogStore, StorageError};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use protobuf::Message as _;
+use raft::{GetEntriesContext, RaftState, Storage};
 
-pub use backend::{FjallBackend, FjallSnapshot};
-pub use log::FjallLogStore;
-
-/// Name of the marker file identifying a cairn data directory.
-pub const FORMAT_FILE: &str = "cairn.format";
-/// Content of the marker file for the current on-disk format.
-pub const FORMAT_CONTENT: &str = "cairn-data 1\n";
-const DB_DIR: &str = "db";
-/// Entries that may exist in a directory we have not initialised yet: the
-/// agent binds its unix socket (`cairn.sock`) in the data directory before
-/// opening the database, and a crash may leave the marker's temp file.
-const IGNORED_NEW_DIR_ENTRIES: &[&str] = &["cairn.sock", "cairn.format.tmp", "lost+found"];
+const FORMAT_FILE: &str = "cairn.format";
+const FORMAT: &str = "cairn-data 1\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("data directory {}: {source}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
-    #[error("data directory {} is not a directory", .0.display())]
-    NotADirectory(PathBuf),
     #[error(
-        "data directory {} looks like an etcd data directory (member/); cairn cannot read it: \
-         restore a snapshot into an empty directory instead",
-        .0.display()
+        "data directory {} looks like an etcd data directory (it has member/); cairn cannot read it: restore an etcd snapshot into a new cairn directory instead", .0.display()
     )]
-    EtcdDataDir(PathBuf),
+    EtcdDir(PathBuf),
     #[error(
-        "data directory {} has an unknown format marker {found:?} in {FORMAT_FILE} \
-         (expected {FORMAT_CONTENT:?}); refusing to open it",
-        path.display()
+        "data directory {} is not empty and is not a cairn data directory (no {FORMAT_FILE}); refusing to use it", .0.display()
     )]
-    UnknownFormat { path: PathBuf, found: String },
-    #[error(
-        "data directory {} is not empty and has no {FORMAT_FILE} (found {found}); \
-         it is not a cairn data directory, refusing to use it",
-        path.display()
-    )]
-    NotOurs { path: PathBuf, found: String },
-    #[error(
-        "fjall database {} is locked: another cairn process is using this data directory",
-        .0.display()
-    )]
-    Locked(PathBuf),
-    #[error("fjall database {}: {source}", path.display())]
-    Fjall {
-        path: PathBuf,
-        #[source]
-        source: fjall::Error,
-    },
-    #[error("raft log in {}: entry {index} is corrupt ({reason}); refusing to start", path.display())]
-    CorruptLogEntry {
-        path: PathBuf,
+    NotCairn(PathBuf),
+    #[error("data directory {}: {FORMAT_FILE} says {found:?}, this cairn reads {FORMAT:?}", path.display())]
+    Format { path: PathBuf, found: String },
+    #[error("data directory {}: storage: {source}", dir.display())]
+    Fjall { dir: PathBuf, source: fjall::Error },
+    #[error("data directory {}: raft log entry {index} is corrupt ({reason}); refusing to start", dir.display())]
+    Corrupt {
+        dir: PathBuf,
         index: u64,
         reason: String,
     },
-    #[error("raft log in {}: {what}", path.display())]
-    CorruptLog { path: PathBuf, what: String },
+    #[error("data directory {}: an earlier write failed; refusing further writes", .0.display())]
+    Poisoned(PathBuf),
 }
 
-pub(crate) struct Inner {
-    pub(crate) path: PathBuf,
-    pub(crate) db: Database,
-    /// Indexed like `cairn_mvcc::Table::ALL`.
-    pub(crate) tables: [Keyspace; 4],
-    pub(crate) raft_log: Keyspace,
-    pub(crate) raft_state: Keyspace,
-    pub(crate) agent_meta: Keyspace,
-    pub(crate) log: Mutex<log::LogState>,
+struct Shared {
+    dir: PathBuf,
+    db: Database,
+    tables: [Keyspace; 4],
+    raft_log: Keyspace,
+    raft_state: Keyspace,
+    agent_meta: Keyspace,
+    poisoned: AtomicBool,
 }
 
-impl Inner {
-    pub(crate) fn fjall_err(&self, source: fjall::Error) -> StoreError {
+impl Shared {
+    fn fjall(&self, e: fjall::Error) -> StoreError {
         StoreError::Fjall {
-            path: self.path.clone(),
-            source,
+            dir: self.dir.clone(),
+            source: e,
         }
     }
-}
 
-/// The data directory's database. Cheap to clone and share between threads.
-#[derive(Clone)]
-pub struct Db {
-    inner: Arc<Inner>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
+    fn table(&self, t: Table) -> &Keyspace {
+        &self.tables[t as usize]
     }
-}
 
-/// Checks `dir` and writes the format marker when the directory is new.
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    /// Commits a fjall batch; any failure poisons the store.
+    fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned(self.dir.clone()));
         }
-        Err(e) => return Err(io_err(dir)(e)),
-    }
-    if dir.join("member").exists() {
-        return Err(StoreError::EtcdDataDir(dir.to_path_buf()));
-    }
-    let marker = dir.join(FORMAT_FILE);
-    match std::fs::read(&marker) {
-        Ok(bytes) => {
-            if bytes != FORMAT_CONTENT.as_bytes() {
-                return Err(StoreError::UnknownFormat {
-                    path: dir.to_path_buf(),
-                    found: String::from_utf8_lossy(&bytes).into_owned(),
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut names: Vec<String> = std::fs::read_dir(dir)
-                .map_err(io_err(dir))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !IGNORED_NEW_DIR_ENTRIES.contains(&n.as_str()))
-                .collect();
-            if !names.is_empty() {
-                names.sort();
-                names.truncate(5);
-                return Err(StoreError::NotOurs {
-                    path: dir.to_path_buf(),
-                    found: names.join(", "),
-                });
-            }
-            // Marker first: a crash before the database exists leaves a
-            // directory we still recognise as ours.
-            let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                f.write_all(FORMAT_CONTENT.as_bytes())
-                    .map_err(io_err(&tmp))?;
-                f.sync_all().map_err(io_err(&tmp))?;
-            }
-            std::fs::rename(&tmp, &marker).map_err(io_err(&marker))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
-            Ok(())
-        }
-        Err(e) => Err(io_err(&marker)(e)),
-    }
-}
-
-impl Db {
-    /// Opens (creating if needed) the data directory `dir`, and checks the
-    /// raft log (a torn last entry is dropped, any other corruption refused).
-    pub fn open(dir: &Path) -> Result<Db, StoreError> {
-        prepare_dir(dir)?;
-        let path = dir.join(DB_DIR);
-        let fj = |source: fjall::Error| match source {
-            fjall::Error::Locked => StoreError::Locked(path.clone()),
-            source => StoreError::Fjall {
-                path: path.clone(),
-                source,
-            },
-        };
-        let db = Database::builder(&path).open().map_err(fj)?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        let tables = [
-            ks(cairn_mvcc::Table::Kv.name()).map_err(fj)?,
-            ks(cairn_mvcc::Table::Rev.name()).map_err(fj)?,
-            ks(cairn_mvcc::Table::Lease.name()).map_err(fj)?,
-            ks(cairn_mvcc::Table::Meta.name()).map_err(fj)?,
-        ];
-        let raft_log = ks("raft_log").map_err(fj)?;
-        let raft_state = ks("raft_state").map_err(fj)?;
-        let agent_meta = ks("agent_meta").map_err(fj)?;
-        let state = log::load(&path, &db, &raft_log, &raft_state)?;
-        Ok(Db {
-            inner: Arc::new(Inner {
-                path,
-                db,
-                tables,
-                raft_log,
-                raft_state,
-                agent_meta,
-                log: Mutex::new(state),
-            }),
+        batch.commit().map_err(|e| {
+            self.poisoned.store(true, Ordering::SeqCst);
+            self.fjall(e)
         })
     }
 
-    /// The MVCC tables as a `cairn_mvcc::Backend`.
-    pub fn mvcc_backend(&self) -> FjallBackend {
-        FjallBackend::new(self.inner.clone())
+    fn batch(&self, sync: bool) -> fjall::OwnedWriteBatch {
+        let b = self.db.batch();
+        if sync {
+            b.durability(Some(PersistMode::SyncAll))
+        } else {
+            b
+        }
+    }
+}
+
+/// The open data directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    shared: Arc<Shared>,
+    log: Arc<std::sync::Mutex<Option<FjallLogStore>>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the data directory `dir`.
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        let io = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(io(std::io::Error::other("exists and is not a directory")));
+        }
+        if dir.join("member").is_dir() {
+            return Err(StoreError::EtcdDir(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let marker = dir.join(FORMAT_FILE);
+        match std::fs::read_to_string(&marker) {
+            Ok(found) if found == FORMAT => {}
+            Ok(found) => {
+                return Err(StoreError::Format {
+                    path: dir.to_path_buf(),
+                    found,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A new directory may already hold the local socket, which
+                // the agent binds before opening its data.
+                for entry in std::fs::read_dir(dir).map_err(io)? {
+                    let name = entry.map_err(io)?.file_name();
+                    if !name.to_string_lossy().ends_with(".sock") {
+                        return Err(StoreError::NotCairn(dir.to_path_buf()));
+                    }
+                }
+                write_synced(&marker, FORMAT.as_bytes()).map_err(io)?;
+                sync_dir(dir).map_err(io)?;
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let fj = |e| StoreError::Fjall {
+            dir: dir.to_path_buf(),
+            source: e,
+        };
+        let db = Database::builder(dir.join("db")).open().map_err(fj)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(fj)
+        };
+        let tables = [
+            ks(Table::Kv.name())?,
+            ks(Table::Rev.name())?,
+            ks(Table::Lease.name())?,
+            ks(Table::Meta.name())?,
+        ];
+        debug_assert!(Table::ALL.iter().enumerate().all(|(i, t)| *t as usize == i));
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            tables,
+            raft_log: ks("raft_log")?,
+            raft_state: ks("raft_state")?,
+            agent_meta: ks("agent_meta")?,
+            db,
+            poisoned: AtomicBool::new(false),
+        });
+        let log = FjallLogStore::open(shared.clone())?;
+        Ok(Db {
+            shared,
+            log: Arc::new(std::sync::Mutex::new(Some(log))),
+        })
     }
 
-    /// The raft log and hard state as a `cairn_raft::LogStore`. All handles
-    /// share one state; the raft driver should own the only one in use.
+    pub fn mvcc_backend(&self) -> FjallBackend {
+        FjallBackend {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The raft log store, recovered and checked at open. It has one owner
+    /// (the raft driver): a second call returns a fresh handle over the same
+    /// keyspaces, re-read from disk.
     pub fn raft_log(&self) -> FjallLogStore {
-        FjallLogStore::new(self.inner.clone())
+        match self.log.lock().expect("log lock").take() {
+            Some(l) => l,
+            None => {
+                FjallLogStore::open(self.shared.clone()).expect("the raft log was readable at open")
+            }
+        }
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self
-            .inner
+        self.shared
             .agent_meta
-            .get(key.as_bytes())
-            .map_err(|e| self.inner.fjall_err(e))?;
-        Ok(v.map(|v| v.to_vec()))
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.shared.fjall(e))
     }
 
-    /// Stores `value` under `key` and fsyncs before returning.
+    /// Writes and fsyncs one agent record.
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let mut b = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
-        b.insert(&self.inner.agent_meta, key.as_bytes(), value);
-        b.commit().map_err(|e| self.inner.fjall_err(e))
+        let mut b = self.shared.batch(true);
+        b.insert(&self.shared.agent_meta, key.as_bytes(), value);
+        self.shared.commit(b)
     }
 
-    /// Approximate bytes on disk.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.db.disk_space().unwrap_or(0)
+        self.shared.db.disk_space().unwrap_or(0)
     }
 
-    /// The directory of the fjall database (`<dir>/db`).
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
     }
 }
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+// === MVCC backend ===
+
+#[derive(Clone)]
+pub struct FjallBackend {
+    shared: Arc<Shared>,
+}
+
+pub struct FjallSnapshot {
+    snap: fjall::Snapshot,
+    shared: Arc<Shared>,
+}
+
+fn backend_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError(e.to_string())
+}
+
+impl Backend for FjallBackend {
+    type Snapshot = FjallSnapshot;
+
+    fn snapshot(&self) -> FjallSnapshot {
+        FjallSnapshot {
+            snap: self.shared.db.snapshot(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn commit(&self, batch: Batch, durable: bool) -> Result<(), BackendError> {
+        let mut b = self.shared.batch(durable);
+        for (t, k, v) in batch.ops {
+            let ks = self.shared.table(t);
+            match v {
+                Some(v) => b.insert(ks, k, v),
+                None => b.remove(ks, k),
+            }
+        }
+        self.shared.commit(b).map_err(backend_err)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.shared.db.disk_space().unwrap_or(0)
+    }
+}
+
+impl ReadView for FjallSnapshot {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.snap
+            .get(self.shared.table(t), key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(backend_err)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        t: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+    ) -> ScanIter<'a> {
+        if end.is_some_and(|e| e <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let range: (Bound<Vec<u8>>, Bound<Vec<u8>>) = (
+            Bound::Included(start.to_vec()),
+            end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())),
+        );
+        let it = self.snap.range(self.shared.table(t), range);
+        let map = |g: fjall::Guard| {
+            g.into_inner()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(backend_err)
+        };
+        if reverse {
+            Box::new(it.rev().map(map))
+        } else {
+            Box::new(it.map(map))
+        }
+    }
+}
+
+// === raft log ===
+
+const HARD_STATE: &[u8] = b"hard_state";
+const CONF_STATE: &[u8] = b"conf_state";
+const COMPACTED: &[u8] = b"compacted";
+
+/// The durable raft log. Terms of every stored entry are cached in memory.
+pub struct FjallLogStore {
+    shared: Arc<Shared>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction.
+    compact_index: u64,
+    compact_term: u64,
+    /// Terms of entries `compact_index + 1 ..`.
+    terms: VecDeque<u64>,
+}
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let body = e.write_to_bytes().expect("entry encodes");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_entry(raw: &[u8]) -> Result<Entry, String> {
+    if raw.len() < 4 {
+        return Err("shorter than its checksum".into());
+    }
+    let (crc, body) = raw.split_at(4);
+    let want = u32::from_be_bytes(crc.try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != want {
+        return Err("checksum mismatch".into());
+    }
+    Entry::parse_from_bytes(body).map_err(|e| format!("does not decode: {e}"))
+}
+
+fn parse<M: protobuf::Message>(raw: Option<fjall::Slice>) -> Result<Option<M>, String> {
+    raw.map(|v| M::parse_from_bytes(&v).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+impl FjallLogStore {
+    fn open(shared: Arc<Shared>) -> Result<FjallLogStore, StoreError> {
+        let corrupt = |index, reason: String| StoreError::Corrupt {
+            dir: shared.dir.clone(),
+            index,
+            reason,
+        };
+        let st = &shared.raft_state;
+        let get = |k: &[u8]| st.get(k).map_err(|e| shared.fjall(e));
+        let hard_state: HardState = parse(get(HARD_STATE)?)
+            .map_err(|e| corrupt(0, format!("hard state: {e}")))?
+            .unwrap_or_default();
+        let conf_state: ConfState = parse(get(CONF_STATE)?)
+            .map_err(|e| corrupt(0, format!("conf state: {e}")))?
+            .unwrap_or_default();
+        let (compact_index, compact_term) = match get(COMPACTED)? {
+            None => (0, 0),
+            Some(v) if v.len() == 16 => (
+                u64::from_be_bytes(v[..8].try_into().expect("8")),
+                u64::from_be_bytes(v[8..].try_into().expect("8")),
+            ),
+            Some(_) => return Err(corrupt(0, "compaction record is malformed".into())),
+        };
+        let mut terms = VecDeque::new();
+        let mut torn: Option<u64> = None;
+        let start = (compact_index + 1).to_be_bytes();
+        for g in shared.raft_log.range(start.as_slice()..) {
+            let (k, v) = g.into_inner().map_err(|e| shared.fjall(e))?;
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(0, format!("log key {k:?} is not an index")))?,
+            );
+            if let Some(bad) = torn {
+                // An entry after a bad one: the bad one was not the tail.
+                return Err(corrupt(bad, "checksum mismatch".into()));
+            }
+            let want = compact_index + 1 + terms.len() as u64;
+            if index != want {
+                return Err(corrupt(
+                    want,
+                    format!("missing (next stored entry is {index})"),
+                ));
+            }
+            match decode_entry(&v) {
+                Ok(e) => terms.push_back(e.term),
+                Err(_) => torn = Some(index),
+            }
+        }
+        if let Some(index) = torn {
+            tracing::warn!(
+                dir = %shared.dir.display(),
+                index,
+                "dropping a torn raft log entry at the tail (never acknowledged)"
+            );
+            let mut b = shared.batch(true);
+            b.remove(&shared.raft_log, index.to_be_bytes());
+            shared.commit(b)?;
+        }
+        Ok(FjallLogStore {
+            shared,
+            hard_state,
+            conf_state,
+            compact_index,
+            compact_term,
+            terms,
+        })
+    }
+
+    fn last(&self) -> u64 {
+        self.compact_index + self.terms.len() as u64
+    }
+
+    fn err(e: impl std::fmt::Display) -> StorageError {
+        StorageError(e.to_string())
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        let raw = self
+            .shared
+            .raft_log
+            .get(index.to_be_bytes())
+            .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))?;
+        decode_entry(&raw).map_err(|reason| {
+            tracing::error!(index, %reason, "raft log entry is corrupt");
+            raft::Error::Store(raft::StorageError::Other(
+                format!("raft log entry {index} is corrupt: {reason}").into(),
+            ))
+        })
+    }
+}
+
+impl Storage for FjallLogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.compact_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let max = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for index in low..high {
+            let e = self.read_entry(index)?;
+            size += protobuf::Message::compute_size(&e) as u64;
+            if !out.is_empty() && max.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compact_index {
+            return Ok(self.compact_term);
+        }
+        if idx < self.compact_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        self.terms
+            .get((idx - self.compact_index - 1) as usize)
+            .copied()
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.compact_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<raft::eraftpb::Snapshot> {
+        // The state machine lives in the same database; a snapshot for a
+        // peer is streamed separately. Here only its metadata.
+        let mut s = raft::eraftpb::Snapshot::default();
+        let md = s.mut_metadata();
+        md.index = self.compact_index;
+        md.term = self.compact_term;
+        md.set_conf_state(self.conf_state.clone());
+        Ok(s)
+    }
+}
+
+impl LogStore for FjallLogStore {
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > self.compact_index)
+            .collect();
+        let mut b = self.shared.batch(sync);
+        if let Some(first) = entries.first() {
+            let first = first.index;
+            if first > self.last() + 1 {
+                return Err(StorageError(format!(
+                    "append at {first} leaves a gap after {}",
+                    self.last()
+                )));
+            }
+            let new_last = first + entries.len() as u64 - 1;
+            for e in &entries {
+                b.insert(
+                    &self.shared.raft_log,
+                    e.index.to_be_bytes(),
+                    encode_entry(e),
+                );
+            }
+            for stale in new_last + 1..=self.last() {
+                b.remove(&self.shared.raft_log, stale.to_be_bytes());
+            }
+        }
+        if let Some(hs) = hard_state {
+            b.insert(
+                &self.shared.raft_state,
+                HARD_STATE,
+                hs.write_to_bytes().map_err(Self::err)?,
+            );
+        }
+        self.shared.commit(b).map_err(Self::err)?;
+        if let Some(first) = entries.first() {
+            self.terms
+                .truncate((first.index - self.compact_index - 1) as usize);
+            self.terms.extend(entries.iter().map(|e| e.term));
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+        let mut b = self.shared.batch(true);
+        b.insert(
+            &self.shared.raft_state,
+            CONF_STATE,
+            cs.write_to_bytes().map_err(Self::err)?,
+        );
+        self.shared.commit(b).map_err(Self::err)?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+        if index <= self.compact_index {
+            return Ok(());
+        }
+        if index > self.last() {
+            return Err(StorageError(format!(
+                "cannot compact to {index}: the log ends at {}",
+                self.last()
+            )));
+        }
+        let term = self.term(index).map_err(Self::err)?;
+        let mut b = self.shared.batch(false);
+        for i in self.compact_index + 1..=index {
+            b.remove(&self.shared.raft_log, i.to_be_bytes());
+        }
+        let mut rec = index.to_be_bytes().to_vec();
+        rec.extend_from_slice(&term.to_be_bytes());
+        b.insert(&self.shared.raft_state, COMPACTED, rec);
+        self.shared.commit(b).map_err(Self::err)?;
+        self.terms.drain(..(index - self.compact_index) as usize);
+        self.compact_index = index;
+        self.compact_term = term;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
