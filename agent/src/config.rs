@@ -54,7 +54,7 @@ pub enum ClusterState {
 
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Version,
     Help(String),
 }
@@ -165,7 +165,7 @@ impl Config {
         if let Some(path) = settings.get("config-file").cloned() {
             settings = read_config_file(&path)?;
         }
-        Ok(Command::Run(Self::from_settings(&settings)?))
+        Ok(Command::Run(Box::new(Self::from_settings(&settings)?)))
     }
 
     fn from_settings(s: &HashMap<String, String>) -> Result<Config, ConfigError> {

@@ -194,6 +194,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     resp
 }
 
+#[allow(clippy::result_large_err)] // the error is the finished HTTP reply
 fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let cfg = match Config::from_args_env(std::env::args(), &env) {
-        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Version) => {
             println!(
                 "cairn {} (etcd API {})",

@@ -178,6 +178,9 @@ fn lookup<S: ReadView>(snap: &S, key: &[u8], rev: i64) -> Result<Option<Vec<u8>>
     }
 }
 
+/// Gets (prefix, raw version) of each live key; returns false to stop.
+type LiveVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, BackendError> + 'a;
+
 /// Calls `f(prefix, raw)` for every key live at `rev` in `[key, end)`, in key
 /// order, until it returns false.
 fn scan_live<S: ReadView>(
@@ -185,7 +188,7 @@ fn scan_live<S: ReadView>(
     key: &[u8],
     end: &End,
     rev: i64,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, BackendError>,
+    f: &mut LiveVisitor<'_>,
 ) -> Result<(), BackendError> {
     let hi = match end {
         End::Single => {

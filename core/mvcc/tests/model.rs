@@ -28,7 +28,7 @@ enum Step {
 
 fn key(k: u8) -> Vec<u8> {
     // include a 0 byte in some keys to exercise escaping
-    if k % 3 == 0 {
+    if k.is_multiple_of(3) {
         vec![b'k', 0, k]
     } else {
         vec![b'k', k]

@@ -12,8 +12,11 @@ use raft::Storage;
 #[derive(Clone, Default)]
 struct Recorder {
     applied: Arc<AtomicU64>,
-    log: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    log: Arc<Mutex<Applied>>,
 }
+
+/// (raft index, command) in apply order.
+type Applied = Vec<(u64, Vec<u8>)>;
 
 impl StateMachine for Recorder {
     type Output = (u64, usize);

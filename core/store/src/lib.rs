@@ -411,6 +411,18 @@ impl FjallLogStore {
             b.remove(&shared.raft_log, index.to_be_bytes());
             shared.commit(b)?;
         }
+        let mut hard_state = hard_state;
+        let last = compact_index + terms.len() as u64;
+        if hard_state.commit > last {
+            // Only possible when a torn tail was dropped: the entry was never
+            // acknowledged, and raft must not believe it committed.
+            tracing::warn!(
+                commit = hard_state.commit,
+                last,
+                "lowering the commit index to the log's end"
+            );
+            hard_state.commit = last;
+        }
         Ok(FjallLogStore {
             shared,
             hard_state,

@@ -1,3 +1,6 @@
+// protobuf 2 messages are built field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 use super::*;
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
