@@ -125,10 +125,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
 
+    // The raft node stops itself when its log cannot be written; the
+    // process must not go on serving stale reads.
+    let mut node_status = server.node.subscribe();
+    let fatal = async move {
+        match node_status.wait_for(|s| s.fatal.is_some()).await {
+            Ok(s) => s.fatal.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
+        msg = fatal => Err(anyhow::anyhow!("the raft log cannot be written: {msg}")),
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");

@@ -22,12 +22,3 @@ pub mod watch;
 pub use backend::{Backend, BackendError, Batch, MemBackend, ReadView, Table};
 pub use error::MvccError;
 pub use store::{Applied, LeaseInfo, Mvcc, Response};
-
-/// A store revision (etcd's main revision). Newtype so it cannot be mixed with
-/// raft indexes or lease IDs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Revision(pub i64);
-
-/// A lease ID as etcd shows it (a positive int64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct LeaseId(pub i64);
