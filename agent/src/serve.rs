@@ -121,9 +121,20 @@ pub async fn serve_tcp(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    // The server's own tcp_nodelay applies only to listeners it binds: set
+    // it on every accepted connection, or small replies wait for the peer's
+    // delayed ACK (40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+            }
+        })
+    });
     server()
         .add_routes(routes(&api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the client port")
 }

@@ -27,6 +27,11 @@ use protobuf::Message as _;
 use raft::{GetEntriesContext, RaftState, Storage};
 
 const FORMAT_FILE: &str = "cairn.format";
+/// fjall's defaults (64 MiB per memtable, seven keyspaces) would let a
+/// small node hold hundreds of MiB of unflushed writes; smaller memtables
+/// keep the resident set small at the cost of more, smaller flushes.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const BLOCK_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const FORMAT: &str = "cairn-data 1\n";
 
 #[derive(Debug, thiserror::Error)]
@@ -149,11 +154,12 @@ impl Db {
             dir: dir.to_path_buf(),
             source: e,
         };
-        let db = Database::builder(dir.join("db")).open().map_err(fj)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(fj)
-        };
+        let db = Database::builder(dir.join("db"))
+            .cache_size(BLOCK_CACHE_BYTES)
+            .open()
+            .map_err(fj)?;
+        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let ks = |name: &str| db.keyspace(name, opts).map_err(fj);
         let tables = [
             ks(Table::Kv.name())?,
             ks(Table::Rev.name())?,
