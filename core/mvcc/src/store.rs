@@ -864,15 +864,7 @@ impl<B: Backend> Mvcc<B> {
             // A refused command changes nothing but the applied index.
             Txn::new(&snap, begin, 0).into_batch(&mut batch)
         };
-        batch.put(
-            Table::Meta,
-            META_APPLIED.to_vec(),
-            (index as i64).to_be_bytes().to_vec(),
-        );
-        // Not fsynced: the raft log holds the command durably and shares
-        // the backend's journal, so a lost apply is replayed at start.
-        self.backend.commit(batch, false)?;
-        self.applied.store(index, Ordering::Release);
+        self.commit_applied(batch, index)?;
         if let Some(c) = outcome.compacted {
             self.compacted.store(c, Ordering::Release);
         }
@@ -889,7 +881,13 @@ impl<B: Backend> Mvcc<B> {
 
     /// Records `index` as applied for a raft entry that carries no command.
     pub fn mark_applied(&self, index: u64) -> Result<(), BackendError> {
-        let mut batch = Batch::default();
+        self.commit_applied(Batch::default(), index)
+    }
+
+    /// Commits `batch` together with the record of `index` as applied. Not
+    /// fsynced: the raft log holds the command durably and shares the
+    /// backend's journal, so a lost apply is replayed at start.
+    fn commit_applied(&self, mut batch: Batch, index: u64) -> Result<(), BackendError> {
         batch.put(
             Table::Meta,
             META_APPLIED.to_vec(),

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::{oneshot, watch};
@@ -197,6 +196,11 @@ fn boot_nonce() -> [u8; 8] {
     );
     h.write_u32(std::process::id());
     h.finish().to_be_bytes()
+}
+
+fn parse_conf_change<M: protobuf::Message>(e: &Entry) -> Result<M, String> {
+    M::parse_from_bytes(&e.data)
+        .map_err(|err| format!("raft entry {} is not a conf change: {err}", e.index))
 }
 
 struct Driver<S: LogStore, M: StateMachine> {
@@ -402,21 +406,15 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
                         let _ = w.send(Ok(out));
                     }
                 }
-                EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(&e.data).map_err(|err| {
-                        format!("raft entry {} is not a conf change: {err}", e.index)
-                    })?;
-                    let cs = self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())?;
-                    self.set_conf_state(&cs)?;
-                    self.sm.apply_empty(e.index);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    cc.merge_from_bytes(&e.data).map_err(|err| {
-                        format!("raft entry {} is not a conf change: {err}", e.index)
-                    })?;
-                    let cs = self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())?;
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+                        self.raw
+                            .apply_conf_change(&parse_conf_change::<ConfChange>(&e)?)
+                    } else {
+                        self.raw
+                            .apply_conf_change(&parse_conf_change::<ConfChangeV2>(&e)?)
+                    }
+                    .map_err(|err| err.to_string())?;
                     self.set_conf_state(&cs)?;
                     self.sm.apply_empty(e.index);
                 }
