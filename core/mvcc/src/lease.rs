@@ -83,14 +83,6 @@ impl Lessor {
             self.grant(l.id, l.ttl, now_ms);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.leases.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
-    }
 }
 
 fn deadline(now_ms: u64, ttl: i64) -> u64 {

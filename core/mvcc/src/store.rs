@@ -86,10 +86,56 @@ struct Physical {
     target: i64,
     in_rev_table: bool,
     cursor: Vec<u8>,
-    /// The group the cursor is in and whether its newest version at or below
-    /// the target has been seen.
+    survivors: Survivors,
+}
+
+/// Which versions a compaction at revision `at` keeps: every version above
+/// it, and of each key the newest version at or below it if that one is
+/// live. Fed the `Kv` table in order; shared by physical compaction and
+/// HashKV so both agree on what a compacted store holds.
+#[derive(Debug, Default)]
+struct Survivors {
     group: Vec<u8>,
-    group_decided: bool,
+    decided: bool,
+}
+
+impl Survivors {
+    fn keeps(&mut self, prefix: &[u8], rev: i64, at: i64, value: &[u8]) -> bool {
+        if prefix != self.group.as_slice() {
+            self.group = prefix.to_vec();
+            self.decided = false;
+        }
+        if rev > at {
+            return true;
+        }
+        let keep = !self.decided && value.first() == Some(&LIVE);
+        self.decided = true;
+        keep
+    }
+}
+
+/// Visits entries of `t` from `cursor` (below `end`) while `*left` allows;
+/// returns where to resume, or `None` when the range is exhausted.
+fn walk<S: ReadView>(
+    snap: &S,
+    t: Table,
+    cursor: &[u8],
+    end: Option<&[u8]>,
+    left: &mut usize,
+    mut f: impl FnMut(Vec<u8>, &[u8]) -> Result<(), BackendError>,
+) -> Result<Option<Vec<u8>>, BackendError> {
+    let mut resume = cursor.to_vec();
+    for r in snap.scan(t, cursor, end, false) {
+        if *left == 0 {
+            return Ok(Some(resume));
+        }
+        *left -= 1;
+        let (k, v) = r?;
+        resume = k.clone();
+        resume.push(0);
+        f(k, &v)?;
+    }
+    Ok(None)
 }
 
 fn meta_i64<S: ReadView>(snap: &S, key: &[u8]) -> Result<Option<i64>, BackendError> {
@@ -983,59 +1029,48 @@ impl<B: Backend> Mvcc<B> {
         }
         let snap = self.backend.snapshot();
         let mut batch = Batch::default();
-        let mut examined = 0usize;
-        let mut finished_table = true;
+        let mut left = budget;
+        let mut done = false;
         if !st.in_rev_table {
-            let cursor = st.cursor.clone();
-            for r in snap.scan(Table::Kv, &cursor, None, false) {
-                if examined == budget {
-                    finished_table = false;
-                    break;
-                }
-                let (ik, v) = r?;
-                examined += 1;
-                let mut next = ik.clone();
-                next.push(0);
-                st.cursor = next;
+            let Physical {
+                cursor, survivors, ..
+            } = &mut *st;
+            let next = walk(&snap, Table::Kv, cursor, None, &mut left, |ik, v| {
                 let (p, krev) = keys::split_version_key(&ik)
                     .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
-                if p != st.group.as_slice() {
-                    st.group = p.to_vec();
-                    st.group_decided = false;
+                if !survivors.keeps(p, krev, target, v) {
+                    batch.delete(Table::Kv, ik);
                 }
-                if krev > target {
-                    continue;
+                Ok(())
+            })?;
+            match next {
+                Some(next) => st.cursor = next,
+                None => {
+                    st.in_rev_table = true;
+                    st.cursor.clear();
                 }
-                if st.group_decided || v.first() != Some(&LIVE) {
-                    batch.delete(Table::Kv, ik.clone());
-                }
-                st.group_decided = true;
-            }
-            if finished_table {
-                st.in_rev_table = true;
-                st.cursor = Vec::new();
             }
         }
-        if st.in_rev_table && examined < budget {
-            finished_table = true;
+        if st.in_rev_table && left > 0 {
+            // Revision-index entries below the compaction point: no watch
+            // can start there any more.
             let end = keys::rev_start(target);
-            let cursor = st.cursor.clone();
-            for r in snap.scan(Table::Rev, &cursor, Some(&end), false) {
-                if examined == budget {
-                    finished_table = false;
-                    break;
-                }
-                let (k, _) = r?;
-                examined += 1;
-                let mut next = k.clone();
-                next.push(0);
-                st.cursor = next;
-                batch.delete(Table::Rev, k);
+            let next = walk(
+                &snap,
+                Table::Rev,
+                &st.cursor,
+                Some(&end),
+                &mut left,
+                |k, _| {
+                    batch.delete(Table::Rev, k);
+                    Ok(())
+                },
+            )?;
+            match next {
+                Some(next) => st.cursor = next,
+                None => done = true,
             }
-        } else {
-            finished_table = false;
         }
-        let done = st.in_rev_table && finished_table;
         if done {
             batch.put(
                 Table::Meta,
@@ -1093,25 +1128,13 @@ impl<B: Backend> Mvcc<B> {
         let at = if rev <= 0 { current } else { rev };
         let mut h = crc32fast::Hasher::new();
         h.update(b"kv");
-        let mut group: Vec<u8> = Vec::new();
-        let mut decided = false;
+        let mut survivors = Survivors::default();
         for r in snap.scan(Table::Kv, &[], None, false) {
             let (ik, v) = r?;
             let (p, krev) = keys::split_version_key(&ik)
                 .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
-            if p != group.as_slice() {
-                group = p.to_vec();
-                decided = false;
-            }
-            if krev > at {
+            if krev > at || !survivors.keeps(p, krev, compact, &v) {
                 continue;
-            }
-            if krev <= compact {
-                let keep = !decided && v.first() == Some(&LIVE);
-                decided = true;
-                if !keep {
-                    continue;
-                }
             }
             h.update(&ik);
             h.update(&v);

@@ -144,7 +144,11 @@ proptest! {
                     } else {
                         prop_assert!(a.result.is_ok());
                         model.compact = rev;
+                        // HashKV covers what a compacted store holds, so it
+                        // is the same before and after the old versions go.
+                        let before = m.hash_kv(0).unwrap();
                         while !m.compact_physical(3).unwrap() {}
+                        prop_assert_eq!(m.hash_kv(0).unwrap(), before);
                     }
                 }
                 Step::Read(k, e, rev, limit) => {
@@ -190,9 +194,6 @@ proptest! {
             if e.r#type == 0 { st.insert(kv.key.clone(), kv); } else { st.remove(&kv.key); }
         }
         prop_assert_eq!(&st, model.state());
-        // the hash does not depend on how far physical compaction went
-        let (h1, _, _) = m.hash_kv(0).unwrap();
-        prop_assert_eq!(m.hash_kv(0).unwrap().0, h1);
     }
 }
 

@@ -38,6 +38,16 @@ impl StateMachine for Recorder {
     }
 }
 
+/// The commands the state machine applied, in order.
+fn commands(sm: &Recorder) -> Vec<Vec<u8>> {
+    sm.log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, d)| d.clone())
+        .collect()
+}
+
 fn cfg() -> NodeConfig {
     NodeConfig {
         id: 1,
@@ -65,13 +75,7 @@ async fn proposals_are_applied_in_order_and_answered() {
     let st = node.status();
     assert_eq!(st.leader_id, 1);
     assert!(st.applied_index >= last);
-    let data: Vec<Vec<u8>> = sm
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, d)| d.clone())
-        .collect();
+    let data = commands(&sm);
     assert_eq!(data, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
     node.shutdown();
     assert!(matches!(
@@ -133,13 +137,7 @@ async fn restart_applies_what_was_committed_but_not_applied() {
     };
     let node = Node::start(cfg(), store.clone(), sm2.clone()).unwrap();
     node.read_index().await.unwrap();
-    let data: Vec<Vec<u8>> = sm2
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, d)| d.clone())
-        .collect();
+    let data = commands(&sm2);
     assert_eq!(data, (0..10u8).map(|i| vec![i]).collect::<Vec<_>>());
     let (_, n) = node.propose(vec![10]).await.unwrap();
     assert_eq!(n, 11);
