@@ -125,12 +125,17 @@ fn torn_tail_is_dropped_and_corrupt_middle_is_refused() {
     {
         let db = Db::open(dir.path()).unwrap();
         let ents: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"payload")).collect();
-        db.raft_log().append(&ents, None, true).unwrap();
+        let mut hs = HardState::default();
+        hs.commit = 4;
+        db.raft_log().append(&ents, Some(&hs), true).unwrap();
     }
     corrupt_entry(dir.path(), 4);
     {
         let db = Db::open(dir.path()).unwrap();
-        assert_eq!(db.raft_log().last_index().unwrap(), 3, "torn tail dropped");
+        let log = db.raft_log();
+        assert_eq!(log.last_index().unwrap(), 3, "torn tail dropped");
+        let commit = log.initial_state().unwrap().hard_state.commit;
+        assert_eq!(commit, 3, "commit lowered to the log's end");
     }
     corrupt_entry(dir.path(), 2);
     let err = Db::open(dir.path())
