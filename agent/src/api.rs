@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::server::Server;
 
 pub mod cluster;
+pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

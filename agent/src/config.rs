@@ -32,6 +32,8 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub log_level: String,
     pub enable_v2: bool,
+    pub peer_tls: crate::peer::tls::PeerTls,
+    pub strict_reconfig_check: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,9 +101,19 @@ const VALUE_FLAGS: &[&str] = &[
     "config-file",
     "logger",
     "log-outputs",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
 ];
 /// Boolean flags.
-const BOOL_FLAGS: &[&str] = &["enable-v2", "enable-pprof", "no-socket"];
+const BOOL_FLAGS: &[&str] = &[
+    "enable-v2",
+    "enable-pprof",
+    "no-socket",
+    "peer-client-cert-auth",
+    "peer-auto-tls",
+    "strict-reconfig-check",
+];
 
 impl Config {
     pub fn from_args_env<I, T>(
@@ -239,7 +251,17 @@ impl Config {
             },
             socket,
             log_level: get("log-level").unwrap_or("info").to_string(),
-            enable_v2: get("enable-v2").map(|v| v == "true").unwrap_or(true),
+            enable_v2: boolean(s, "enable-v2", true)?,
+            peer_tls: crate::peer::tls::PeerTls {
+                cert_file: get("peer-cert-file").filter(|v| !v.is_empty()).map(PathBuf::from),
+                key_file: get("peer-key-file").filter(|v| !v.is_empty()).map(PathBuf::from),
+                trusted_ca_file: get("peer-trusted-ca-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                client_cert_auth: boolean(s, "peer-client-cert-auth", false)?,
+                auto_tls: boolean(s, "peer-auto-tls", false)?,
+            },
+            strict_reconfig_check: boolean(s, "strict-reconfig-check", true)?,
             data_dir,
             name,
         })
@@ -253,6 +275,26 @@ impl Config {
                 &format!(
                     "couldn't find local name {:?} in the initial cluster configuration",
                     self.name
+                ),
+            ));
+        }
+        let mine: Vec<&String> = self
+            .initial_cluster
+            .iter()
+            .filter(|(n, _)| n == &self.name)
+            .map(|(_, u)| u)
+            .collect();
+        let mut a: Vec<&String> = mine.clone();
+        let mut b: Vec<&String> = self.initial_advertise_peer_urls.iter().collect();
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(invalid(
+                "--initial-cluster",
+                &format!("{}={}", self.name, mine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")),
+                &format!(
+                    "does not match --initial-advertise-peer-urls={}",
+                    self.initial_advertise_peer_urls.join(",")
                 ),
             ));
         }
@@ -294,6 +336,15 @@ fn invalid(setting: &str, value: &str, why: &str) -> ConfigError {
         setting: setting.into(),
         value: value.into(),
         why: why.into(),
+    }
+}
+
+fn boolean(s: &HashMap<String, String>, k: &str, default: bool) -> Result<bool, ConfigError> {
+    match s.get(k).map(String::as_str) {
+        None => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(invalid(&format!("--{k}"), v, "must be true or false")),
     }
 }
 

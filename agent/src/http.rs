@@ -118,7 +118,7 @@ pub fn router(api: Api) -> Router {
             "/v3/cluster/member/list",
             post(|s, b| {
                 unary(s, b, |a: Api, _r: pb::MemberListRequest| async move {
-                    Ok(a.members())
+                    a.members()
                 })
             }),
         )

@@ -7,6 +7,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub mod serve;
 pub mod server;
 pub mod watch_hub;

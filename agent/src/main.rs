@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cairn_agent::api::Api;
-use cairn_agent::config::{Command, Config, ListenAddr};
+use std::sync::Arc;
+
+use cairn_agent::api::forward::StoreSnapshots;
+use cairn_agent::config::{ClusterState, Command, Config, ListenAddr};
+use cairn_agent::peer::Peers;
 use cairn_agent::server::{NodeSettings, Server};
 use cairn_agent::{api, serve};
 use tokio::net::TcpListener;
@@ -85,6 +89,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         unix.push(serve::bind_unix(path)?);
     }
 
+    let peer_addr = match cfg.listen_peer_urls.first().map(|u| (&u.addr, &u.original)) {
+        Some((ListenAddr::Tcp(a), _)) => *a,
+        Some((ListenAddr::Unix(_), url)) => {
+            anyhow::bail!("--listen-peer-urls {url}: peers talk over UDP (QUIC); a unix socket cannot be used")
+        }
+        None => anyhow::bail!("--listen-peer-urls is empty"),
+    };
+    let hosts: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .filter_map(|u| cairn_agent::peer::host_port(u).map(|(h, _)| h))
+        .collect();
+    let tls = cfg
+        .peer_tls
+        .configs(&cfg.data_dir, &hosts)
+        .context("peer TLS")?;
+    if !tls.verified {
+        tracing::info!("peer traffic is encrypted with a generated certificate; members are not authenticated (give --peer-trusted-ca-file to authenticate them)");
+    }
+    let peers = Peers::bind(peer_addr, tls, 0, 0, cfg.data_dir.join("snap"))?;
+
     let settings = NodeSettings {
         name: cfg.name.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -97,11 +122,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         election_ms: cfg.election_timeout_ms,
         snapshot_count: cfg.snapshot_count,
         progress_notify_interval: cfg.watch_progress_notify_interval,
+        initial_cluster: cfg.initial_cluster.clone(),
+        join_existing: cfg.initial_cluster_state == ClusterState::Existing,
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
-    let server = tokio::task::spawn_blocking(move || Server::start(settings))
-        .await
-        .context("starting the node")??;
+    let server = Server::start(settings, peers.clone()).await?;
     let api = Api(server.clone());
+    peers.attach(
+        server.node.clone(),
+        Arc::new(api.clone()),
+        Arc::new(StoreSnapshots(server.mvcc.clone())),
+    );
+    tokio::spawn(peers.clone().serve());
+    tracing::info!(addr = %peers.local_addr()?, "serving peers (QUIC)");
     tracing::info!(
         name = %server.identity.name,
         member_id = format_args!("{:x}", server.identity.member_id),
@@ -124,13 +157,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(serve::serve_unix(api.clone(), l, stopped(stop_rx.clone())));
     }
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
+    tokio::spawn(cairn_agent::server::on_leadership(server.clone()));
+    tokio::spawn(cairn_agent::server::publish_attributes(server.clone()));
 
     // The raft node stops itself when its log cannot be written; the
     // process must not go on serving stale reads.
     let mut node_status = server.node.subscribe();
     let fatal = async move {
-        match node_status.wait_for(|s| s.fatal.is_some()).await {
-            Ok(s) => s.fatal.clone().unwrap_or_default(),
+        match node_status
+            .wait_for(|s| s.fatal.is_some() || s.removed)
+            .await
+        {
+            Ok(s) if s.removed => None,
+            Ok(s) => Some(s.fatal.clone().unwrap_or_default()),
             Err(_) => std::future::pending().await,
         }
     };
@@ -138,14 +177,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let result = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
-        msg = fatal => Err(anyhow::anyhow!("the raft log cannot be written: {msg}")),
+        msg = fatal => match msg {
+            Some(msg) => Err(anyhow::anyhow!("the raft log cannot be written: {msg}")),
+            None => {
+                tracing::warn!("this member has been permanently removed from the cluster; stopping");
+                Ok(())
+            }
+        },
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");
+    cairn_agent::server::hand_over_leadership(&server).await;
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
     server.node.shutdown();
+    peers.close();
     if let Some(path) = &cfg.socket {
         let _ = std::fs::remove_file(path);
     }

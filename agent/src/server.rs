@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use cairn_mvcc::lease::Lessor;
 use cairn_mvcc::{Applied, Mvcc};
-use cairn_proto::cairnpb::{Command, command::Op};
+use cairn_proto::cairnpb::{Command, Member, PeerRequest, command::Op, peer_request};
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
-use cairn_raft::{Node, NodeConfig, StateMachine};
+use cairn_raft::{ConfChange, ConfChangeType, ConfState, Node, NodeConfig, Snapshot, StateMachine};
 use cairn_store::{Db, FjallBackend};
 use prost::Message;
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use crate::api::status;
 use crate::identity::{self, Identity};
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::peer::Peers;
 use crate::watch_hub::WatchHub;
 
 /// Settings the running node needs (a subset of the config, after validation).
@@ -35,6 +36,11 @@ pub struct NodeSettings {
     pub election_ms: u64,
     pub snapshot_count: u64,
     pub progress_notify_interval: Duration,
+    /// (name, peer URL) pairs of `--initial-cluster`.
+    pub initial_cluster: Vec<(String, String)>,
+    /// `--initial-cluster-state existing`: join a running cluster.
+    pub join_existing: bool,
+    pub strict_reconfig_check: bool,
 }
 
 /// The etcd API version cairn speaks; reported by Status and /version.
@@ -46,6 +52,7 @@ pub struct Server {
     pub db: Db,
     pub mvcc: Arc<Mvcc<FjallBackend>>,
     pub node: Node<Applied>,
+    pub peers: Arc<Peers>,
     pub hub: Arc<WatchHub>,
     pub lessor: Arc<Mutex<Lessor>>,
     pub clock: Clock,
@@ -76,16 +83,45 @@ pub enum StartError {
     Raft(String),
     #[error("data directory {dir}: {msg}")]
     Identity { dir: String, msg: String },
+    #[error("{0}")]
+    Join(String),
 }
+
+/// Key of the agent record naming a snapshot file whose restore began and
+/// has not finished.
+const RESTORING: &str = "restoring_snapshot";
 
 // === impl Server ===
 
 impl Server {
-    /// Opens (or initialises) the data directory and starts the raft node.
-    pub fn start(settings: NodeSettings) -> Result<Arc<Server>, StartError> {
-        let db = Db::open(&settings.data_dir)?;
-        let identity = load_identity(&db, &settings)?;
+    /// Opens (or initialises) the data directory, finds this member's
+    /// identity (stored, derived from `--initial-cluster`, or asked of the
+    /// running cluster when joining) and starts the raft node.
+    pub async fn start(settings: NodeSettings, peers: Arc<Peers>) -> Result<Arc<Server>, StartError> {
+        let dir = settings.data_dir.clone();
+        let db = tokio::task::block_in_place(|| Db::open(&dir))?;
         let mvcc = Arc::new(Mvcc::open(db.mvcc_backend())?);
+        finish_interrupted_restore(&db, &mvcc)?;
+        let (identity, bootstrap) = match load_identity(&db, &settings)? {
+            Some(id) => (id, Vec::new()),
+            None if settings.join_existing => (join(&db, &settings, &peers).await?, Vec::new()),
+            None => new_cluster(&db, &settings)?,
+        };
+        peers.set_member_id(identity.member_id);
+        peers.set_cluster_id(identity.cluster_id);
+        let mut book: Vec<(u64, Vec<String>)> = bootstrap
+            .iter()
+            .filter_map(|cc: &ConfChange| Member::decode(&cc.context[..]).ok())
+            .map(|m| (m.id, m.peer_urls))
+            .collect();
+        book.extend(
+            mvcc.members()
+                .map_err(cairn_mvcc::MvccError::from)?
+                .into_iter()
+                .map(|m| (m.id, m.peer_urls)),
+        );
+        peers.set_addresses(book);
+
         let clock = Clock(Instant::now());
         let mut lessor = Lessor::new();
         lessor.restore(
@@ -106,19 +142,26 @@ impl Server {
             clock,
             compact: pending_tx,
             metrics: metrics.clone(),
+            peers: peers.clone(),
+            db: db.clone(),
         };
         let election_ticks = (settings.election_ms / settings.heartbeat_ms.max(1)).max(2) as usize;
-        let node = Node::start(
-            NodeConfig {
-                id: identity.member_id,
-                heartbeat_interval: Duration::from_millis(settings.heartbeat_ms),
-                election_ticks,
-                max_pending_proposals: limits::MAX_PENDING_PROPOSALS,
-                snapshot_count: settings.snapshot_count,
-            },
-            db.raft_log(),
-            applier,
-        )
+        let log = db.raft_log();
+        let node = tokio::task::block_in_place(|| {
+            Node::start(
+                NodeConfig {
+                    id: identity.member_id,
+                    heartbeat_interval: Duration::from_millis(settings.heartbeat_ms),
+                    election_ticks,
+                    max_pending_proposals: limits::MAX_PENDING_PROPOSALS,
+                    snapshot_count: settings.snapshot_count,
+                    bootstrap,
+                },
+                log,
+                applier,
+                peers.transport(),
+            )
+        })
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let min_lease_ttl =
             cairn_mvcc::lease::min_lease_ttl(settings.election_ms, settings.heartbeat_ms);
@@ -128,6 +171,7 @@ impl Server {
             db,
             mvcc,
             node,
+            peers,
             hub,
             lessor,
             clock,
@@ -200,7 +244,7 @@ impl Server {
     }
 }
 
-fn load_identity(db: &Db, s: &NodeSettings) -> Result<Identity, StartError> {
+fn load_identity(db: &Db, s: &NodeSettings) -> Result<Option<Identity>, StartError> {
     let err = |msg: String| StartError::Identity {
         dir: s.data_dir.display().to_string(),
         msg,
@@ -210,43 +254,271 @@ fn load_identity(db: &Db, s: &NodeSettings) -> Result<Identity, StartError> {
             .get_meta(k)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     };
-    if let Some(member) = get("member_id")? {
-        let member_id = u64::from_str_radix(&member, 16)
-            .map_err(|_| err(format!("stored member id {member:?} is not valid")))?;
-        let cluster = get("cluster_id")?.ok_or_else(|| err("cluster id missing".into()))?;
-        let cluster_id = u64::from_str_radix(&cluster, 16)
-            .map_err(|_| err(format!("stored cluster id {cluster:?} is not valid")))?;
-        let name = get("name")?.unwrap_or_else(|| s.name.clone());
-        let peer_urls = get("peer_urls")?
-            .map(|v| v.split(',').map(str::to_owned).collect())
-            .unwrap_or_else(|| s.peer_urls.clone());
-        if name != s.name {
-            tracing::warn!(stored = %name, flag = %s.name, "member name differs from the data directory's; keeping the stored one");
-        }
-        return Ok(Identity {
-            name,
-            member_id,
-            cluster_id,
-            peer_urls,
-            client_urls: s.client_urls.clone(),
-        });
+    let Some(member) = get("member_id")? else {
+        return Ok(None);
+    };
+    let member_id = u64::from_str_radix(&member, 16)
+        .map_err(|_| err(format!("stored member id {member:?} is not valid")))?;
+    let cluster = get("cluster_id")?.ok_or_else(|| err("cluster id missing".into()))?;
+    let cluster_id = u64::from_str_radix(&cluster, 16)
+        .map_err(|_| err(format!("stored cluster id {cluster:?} is not valid")))?;
+    let name = get("name")?.unwrap_or_else(|| s.name.clone());
+    let peer_urls = get("peer_urls")?
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|| s.peer_urls.clone());
+    if name != s.name {
+        tracing::warn!(stored = %name, flag = %s.name, "member name differs from the data directory's; keeping the stored one");
     }
-    let member_id = identity::member_id(&s.peer_urls, &s.cluster_token);
-    let cluster_id = identity::cluster_id(&[member_id]);
-    // Written before raft starts: a crash in between leaves a directory that
-    // starts as the same member again.
+    Ok(Some(Identity {
+        name,
+        member_id,
+        cluster_id,
+        peer_urls,
+        client_urls: s.client_urls.clone(),
+    }))
+}
+
+/// Records the identity before raft starts: a crash in between leaves a
+/// directory that starts as the same member again.
+fn save_identity(db: &Db, s: &NodeSettings, id: &Identity) -> Result<(), StartError> {
     db.put_meta("name", s.name.as_bytes())?;
     db.put_meta("peer_urls", s.peer_urls.join(",").as_bytes())?;
     db.put_meta("cluster_token", s.cluster_token.as_bytes())?;
-    db.put_meta("cluster_id", format!("{cluster_id:x}").as_bytes())?;
-    db.put_meta("member_id", format!("{member_id:x}").as_bytes())?;
-    Ok(Identity {
+    db.put_meta("cluster_id", format!("{:x}", id.cluster_id).as_bytes())?;
+    db.put_meta("member_id", format!("{:x}", id.member_id).as_bytes())?;
+    Ok(())
+}
+
+/// The members of `--initial-cluster`, each with the ID etcd would give it
+/// (a hash of its peer URLs and the cluster token).
+pub fn initial_members(initial: &[(String, String)], token: &str) -> Vec<Member> {
+    let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, url) in initial {
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.clone()),
+            None => by_name.push((name.clone(), vec![url.clone()])),
+        }
+    }
+    let mut members: Vec<Member> = by_name
+        .into_iter()
+        .map(|(name, peer_urls)| Member {
+            id: identity::member_id(&peer_urls, token),
+            name,
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner: false,
+        })
+        .collect();
+    members.sort_by_key(|m| m.id);
+    members
+}
+
+/// A new cluster from `--initial-cluster`: every initial member derives the
+/// same IDs and the same first log entries.
+fn new_cluster(db: &Db, s: &NodeSettings) -> Result<(Identity, Vec<ConfChange>), StartError> {
+    let members = initial_members(&s.initial_cluster, &s.cluster_token);
+    let member_id = identity::member_id(&s.peer_urls, &s.cluster_token);
+    let cluster_id = identity::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+    let identity = Identity {
         name: s.name.clone(),
         member_id,
         cluster_id,
         peer_urls: s.peer_urls.clone(),
         client_urls: s.client_urls.clone(),
-    })
+    };
+    save_identity(db, s, &identity)?;
+    let bootstrap = members
+        .into_iter()
+        .map(|m| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = m.id;
+            cc.context = m.encode_to_vec().into();
+            cc
+        })
+        .collect();
+    Ok((identity, bootstrap))
+}
+
+/// `--initial-cluster-state existing`: asks the running members for the
+/// membership and finds this member in it by its peer URLs (it must have
+/// been added with `member add` first).
+async fn join(db: &Db, s: &NodeSettings, peers: &Peers) -> Result<Identity, StartError> {
+    let mut mine = s.peer_urls.clone();
+    mine.sort();
+    let others: Vec<&(String, String)> = s
+        .initial_cluster
+        .iter()
+        .filter(|(n, _)| n != &s.name)
+        .collect();
+    if others.is_empty() {
+        return Err(StartError::Join(
+            "--initial-cluster-state existing needs the running members in --initial-cluster"
+                .into(),
+        ));
+    }
+    let req = PeerRequest {
+        req: Some(peer_request::Req::JoinInfo(true)),
+    };
+    let mut errors = Vec::new();
+    for attempt in 0..10 {
+        for (name, url) in &others {
+            match peers.request_url(url, &req).await {
+                Ok(resp) => {
+                    let Some(me) = resp.members.iter().find(|m| {
+                        let mut u = m.peer_urls.clone();
+                        u.sort();
+                        u == mine
+                    }) else {
+                        return Err(StartError::Join(format!(
+                            "the cluster (asked {name} at {url}) has no member with peer URLs {}; \
+                             add it first (etcdctl member add {} --peer-urls={})",
+                            s.peer_urls.join(","),
+                            s.name,
+                            s.peer_urls.join(",")
+                        )));
+                    };
+                    let identity = Identity {
+                        name: s.name.clone(),
+                        member_id: me.id,
+                        cluster_id: resp.cluster_id,
+                        peer_urls: s.peer_urls.clone(),
+                        client_urls: s.client_urls.clone(),
+                    };
+                    peers.set_addresses(resp.members.iter().map(|m| (m.id, m.peer_urls.clone())));
+                    save_identity(db, s, &identity)?;
+                    tracing::info!(
+                        member_id = format_args!("{:x}", me.id),
+                        cluster_id = format_args!("{:x}", resp.cluster_id),
+                        "joining the running cluster"
+                    );
+                    return Ok(identity);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if attempt < 9 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    errors.dedup();
+    Err(StartError::Join(format!(
+        "cannot reach any member of --initial-cluster to join: {}",
+        errors.join("; ")
+    )))
+}
+
+/// A snapshot restore that a crash interrupted is redone from its file
+/// before anything reads the store.
+fn finish_interrupted_restore(db: &Db, mvcc: &Mvcc<FjallBackend>) -> Result<(), StartError> {
+    let Some(path) = db.get_meta(RESTORING)? else {
+        return Ok(());
+    };
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+    let dir = db.dir().display().to_string();
+    tracing::warn!(file = %path.display(), "finishing a snapshot restore a crash interrupted");
+    let f = std::fs::File::open(&path).map_err(|e| StartError::Identity {
+        dir: dir.clone(),
+        msg: format!(
+            "a snapshot restore was interrupted and its file {} cannot be read: {e}",
+            path.display()
+        ),
+    })?;
+    mvcc.restore(std::io::BufReader::new(f))
+        .map_err(|e| StartError::Identity {
+            dir,
+            msg: format!("redoing the interrupted snapshot restore: {e}"),
+        })?;
+    db.delete_meta(RESTORING)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// On becoming leader, lease deadlines restart from their full TTL (etcd's
+/// lessor promotion): renewals went to the old leader, so the deadlines
+/// this member kept are stale.
+pub async fn on_leadership(server: Arc<Server>) {
+    let mut st = server.node.subscribe();
+    let mut leading = false;
+    loop {
+        let now_leading = {
+            let s = st.borrow_and_update();
+            s.leader_id != 0 && s.leader_id == s.id
+        };
+        if now_leading && !leading {
+            match server.mvcc.leases() {
+                Ok(leases) => {
+                    let mut lessor = server.lessor.lock().expect("lessor lock");
+                    lessor.restore(&leases, server.clock.now_ms());
+                    tracing::info!(leases = leases.len(), "became leader; lease deadlines restarted");
+                }
+                Err(e) => tracing::error!(error = %e, "reading leases failed"),
+            }
+        }
+        leading = now_leading;
+        if st.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Records this member's name and client URLs in the membership once a
+/// leader exists (etcd's publish), and again whenever they differ.
+pub async fn publish_attributes(server: Arc<Server>) {
+    use cairn_proto::cairnpb::MemberAttributes;
+    let id = server.identity.member_id;
+    loop {
+        let current = server
+            .mvcc
+            .members()
+            .ok()
+            .and_then(|ms| ms.into_iter().find(|m| m.id == id));
+        let Some(m) = current else {
+            // Not recorded yet (joining, or still replaying): wait.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if m.name == server.settings.name && m.client_urls == server.settings.client_urls {
+            return;
+        }
+        if server.has_leader() {
+            let attrs = MemberAttributes {
+                id,
+                name: server.settings.name.clone(),
+                client_urls: server.settings.client_urls.clone(),
+            };
+            match server.propose(Op::MemberAttributes(attrs)).await {
+                Ok(_) => continue,
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes failed; retrying"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A leader that stops hands leadership to the most up-to-date voter
+/// first, so the cluster does not wait an election timeout for a new one.
+pub async fn hand_over_leadership(server: &Server) {
+    let st = server.node.status();
+    if st.leader_id != st.id || st.voters.len() < 2 {
+        return;
+    }
+    let Ok(Some(p)) = server.node.progress().await else {
+        return;
+    };
+    let best = p
+        .matched
+        .iter()
+        .filter(|(id, _)| *id != st.id && st.voters.contains(id) && p.active.contains(id))
+        .max_by_key(|(_, m)| *m)
+        .map(|(id, _)| *id);
+    if let Some(to) = best {
+        let timeout = Duration::from_millis(server.settings.election_ms);
+        match server.node.transfer_leader(to, timeout).await {
+            Ok(()) => tracing::info!(to = format_args!("{to:x}"), "handed leadership over"),
+            Err(e) => tracing::warn!(error = %e, "leader transfer before stopping failed"),
+        }
+    }
 }
 
 /// Removes old versions after a logical compaction, in small steps, off the
@@ -297,6 +569,33 @@ struct Applier {
     clock: Clock,
     compact: watch::Sender<i64>,
     metrics: Arc<Metrics>,
+    peers: Arc<Peers>,
+    db: Db,
+}
+
+impl Applier {
+    /// Tells the transport where members are, after the records changed.
+    fn refresh_peers(&self) {
+        match self.mvcc.members() {
+            Ok(ms) => self
+                .peers
+                .set_addresses(ms.into_iter().map(|m| (m.id, m.peer_urls))),
+            Err(e) => fatal(format!("reading the membership failed: {e}")),
+        }
+    }
+
+    fn restore_file(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.db
+            .put_meta(RESTORING, path.to_string_lossy().as_bytes())
+            .map_err(|e| e.to_string())?;
+        self.mvcc
+            .restore(std::io::BufReader::new(f))
+            .map_err(|e| format!("restoring {}: {e}", path.display()))?;
+        self.db.delete_meta(RESTORING).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
 }
 
 impl StateMachine for Applier {
@@ -331,7 +630,53 @@ impl StateMachine for Applier {
         if let Some(rev) = applied.compacted {
             self.compact.send_replace(rev);
         }
+        if matches!(cmd.op, Some(Op::MemberPeerUrls(_))) {
+            self.refresh_peers();
+        }
         applied
+    }
+
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, _cs: &ConfState) -> Applied {
+        let op = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => Op::MemberRemove(cc.node_id),
+            ty => {
+                let mut m = Member::decode(&cc.context[..]).unwrap_or_else(|e| {
+                    fatal(format!(
+                        "raft entry {index}: conf change carries no member record: {e}"
+                    ))
+                });
+                m.id = cc.node_id;
+                m.is_learner = ty == ConfChangeType::AddLearnerNode;
+                Op::MemberSet(m)
+            }
+        };
+        let applied = match self.mvcc.apply(index, &Command { op: Some(op) }) {
+            Ok(a) => a,
+            Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),
+        };
+        self.refresh_peers();
+        applied
+    }
+
+    fn restore(&mut self, snap: &Snapshot) -> Result<(), String> {
+        let path = std::path::PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned());
+        self.restore_file(&path)?;
+        let current = self.mvcc.current_revision();
+        self.hub.reset(current);
+        let leases = self.mvcc.leases().map_err(|e| e.to_string())?;
+        {
+            let mut lessor = self.lessor.lock().expect("lessor lock");
+            *lessor = Lessor::new();
+            lessor.restore(&leases, self.clock.now_ms());
+        }
+        self.compact.send_replace(self.mvcc.compact_revision());
+        self.refresh_peers();
+        tracing::info!(
+            revision = current,
+            applied = self.mvcc.applied_index(),
+            "store replaced by the leader's snapshot"
+        );
+        Ok(())
     }
 
     fn apply_empty(&mut self, index: u64) {

@@ -60,6 +60,18 @@ impl WatchHub {
         self.revision.send_replace(revision);
     }
 
+    /// After a snapshot replaced the store: nothing in the ring is known to
+    /// be complete any more; watchers read what they miss from the store.
+    pub fn reset(&self, revision: i64) {
+        {
+            let mut ring = self.ring.lock().expect("hub lock");
+            ring.entries.clear();
+            ring.bytes = 0;
+            ring.covered_from = revision + 1;
+        }
+        self.revision.send_replace(revision);
+    }
+
     /// The newest revision whose events have been published.
     pub fn current(&self) -> i64 {
         *self.revision.borrow()

@@ -1,56 +1,295 @@
-//! Cluster: the membership of this single-member cluster. Changes to the
-//! membership arrive with multi-member support.
+//! Cluster: the membership. Raft's configuration changes through conf-change
+//! entries, each carrying the member's record (name, URLs, learner flag),
+//! which the applier stores beside the data (`Mvcc::members`), so every
+//! member answers MemberList from its own replica.
+use cairn_proto::cairnpb::command::Op;
+use cairn_proto::cairnpb::peer_request::Req;
+use cairn_proto::cairnpb::{self, MemberPeerUrls};
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use tonic::{Request, Response, Status};
+use cairn_raft::{ConfChange, ConfChangeType};
+use prost::Message;
+use tonic::{Code, Request, Response, Status};
 
-use super::Api;
+use super::{Api, status};
+use crate::limits;
+
+fn to_etcd(m: cairnpb::Member) -> Member {
+    Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+fn failed(msg: &str) -> Status {
+    Status::new(Code::FailedPrecondition, msg)
+}
+
+fn not_found() -> Status {
+    Status::not_found("etcdserver: member not found")
+}
+
+/// A learner may be promoted once its log matches at least this share of
+/// the leader's (etcd's readyPercentThreshold).
+const PROMOTE_READY: f64 = 0.9;
 
 impl Api {
-    pub fn members(&self) -> MemberListResponse {
-        let id = &self.identity;
-        MemberListResponse {
-            header: Some(self.header(self.mvcc.current_revision())),
-            members: vec![Member {
+    fn records(&self) -> Result<Vec<cairnpb::Member>, Status> {
+        self.mvcc.members().map_err(|e| status::mvcc(e.into()))
+    }
+
+    pub fn members(&self) -> Result<MemberListResponse, Status> {
+        let mut members: Vec<Member> = self.records()?.into_iter().map(to_etcd).collect();
+        if members.is_empty() {
+            // A store from before membership records were kept.
+            let id = &self.identity;
+            members.push(Member {
                 id: id.member_id,
                 name: id.name.clone(),
                 peer_ur_ls: id.peer_urls.clone(),
                 client_ur_ls: id.client_urls.clone(),
                 is_learner: false,
-            }],
+            });
         }
+        Ok(MemberListResponse {
+            header: Some(self.header(self.mvcc.current_revision())),
+            members,
+        })
     }
-}
 
-fn single_member() -> Status {
-    Status::unimplemented(
-        "cairn: membership changes are not supported by this version (single-member clusters only)",
-    )
+    async fn change(&self, cc: ConfChange) -> Result<(), Status> {
+        self.node
+            .propose_conf_change(cc)
+            .await
+            .map_err(status::propose)?;
+        Ok(())
+    }
+
+    /// With `--strict-reconfig-check`: refuse a change after which the
+    /// voters this leader hears from would not be a quorum.
+    async fn check_quorum_after(&self, voters_after: &[u64]) -> Result<(), Status> {
+        if !self.settings.strict_reconfig_check {
+            return Ok(());
+        }
+        let Some(p) = self.node.progress().await.map_err(status::propose)? else {
+            return Ok(()); // only the leader knows who is active
+        };
+        let active = voters_after
+            .iter()
+            .filter(|id| **id == p.leader || p.active.contains(id))
+            .count();
+        if active < voters_after.len() / 2 + 1 {
+            return Err(failed(
+                "etcdserver: re-configuration failed due to not enough started members",
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn member_add_req(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        if req.peer_ur_ls.is_empty()
+            || req
+                .peer_ur_ls
+                .iter()
+                .any(|u| crate::peer::host_port(u).is_none())
+        {
+            return Err(Status::invalid_argument(
+                "etcdserver: given member URLs are invalid",
+            ));
+        }
+        let records = self.records()?;
+        if records
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)))
+        {
+            return Err(failed("etcdserver: Peer URLs already exists"));
+        }
+        if req.is_learner {
+            let learners = records.iter().filter(|m| m.is_learner).count();
+            if learners >= limits::MAX_LEARNERS {
+                return Err(failed("etcdserver: too many learner members in cluster"));
+            }
+        } else {
+            let mut after: Vec<u64> = self.node.status().voters;
+            after.push(0); // the new member, not started yet
+            self.check_quorum_after(&after).await?;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = crate::identity::member_id(
+            &req.peer_ur_ls,
+            &format!("{}{nanos}", self.settings.cluster_token),
+        );
+        if records.iter().any(|m| m.id == id) {
+            return Err(failed("etcdserver: member ID already exist"));
+        }
+        let record = cairnpb::Member {
+            id,
+            name: String::new(),
+            peer_urls: req.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        });
+        cc.node_id = id;
+        cc.context = record.encode_to_vec().into();
+        self.change(cc).await?;
+        let list = self.members()?;
+        Ok(MemberAddResponse {
+            header: list.header,
+            member: Some(to_etcd(record)),
+            members: list.members,
+        })
+    }
+
+    pub async fn member_remove_req(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
+        let records = self.records()?;
+        let Some(m) = records.iter().find(|m| m.id == id) else {
+            return Err(not_found());
+        };
+        if !m.is_learner {
+            let after: Vec<u64> = self
+                .node
+                .status()
+                .voters
+                .into_iter()
+                .filter(|v| *v != id)
+                .collect();
+            if after.is_empty() {
+                return Err(failed(
+                    "etcdserver: re-configuration failed due to not enough started members",
+                ));
+            }
+            self.check_quorum_after(&after).await?;
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = id;
+        self.change(cc).await?;
+        let list = self.members()?;
+        Ok(MemberRemoveResponse {
+            header: list.header,
+            members: list.members,
+        })
+    }
+
+    pub async fn member_update_req(
+        &self,
+        req: MemberUpdateRequest,
+    ) -> Result<MemberUpdateResponse, Status> {
+        let records = self.records()?;
+        if !records.iter().any(|m| m.id == req.id) {
+            return Err(not_found());
+        }
+        if req.peer_ur_ls.is_empty()
+            || req
+                .peer_ur_ls
+                .iter()
+                .any(|u| crate::peer::host_port(u).is_none())
+        {
+            return Err(Status::invalid_argument(
+                "etcdserver: given member URLs are invalid",
+            ));
+        }
+        if records
+            .iter()
+            .filter(|m| m.id != req.id)
+            .any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)))
+        {
+            return Err(failed("etcdserver: Peer URLs already exists"));
+        }
+        self.propose(Op::MemberPeerUrls(MemberPeerUrls {
+            id: req.id,
+            peer_urls: req.peer_ur_ls,
+        }))
+        .await?;
+        let list = self.members()?;
+        Ok(MemberUpdateResponse {
+            header: list.header,
+            members: list.members,
+        })
+    }
+
+    /// Runs on the leader: only it knows how far the learner's log is.
+    pub(super) async fn member_promote_here(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+        let records = self.records()?;
+        let Some(m) = records.into_iter().find(|m| m.id == id) else {
+            return Err(not_found());
+        };
+        if !m.is_learner {
+            return Err(failed("etcdserver: can only promote a learner member"));
+        }
+        let p = self
+            .node
+            .progress()
+            .await
+            .map_err(status::propose)?
+            .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))?;
+        let matched = |who: u64| {
+            p.matched
+                .iter()
+                .find(|(i, _)| *i == who)
+                .map(|(_, m)| *m)
+                .unwrap_or(0)
+        };
+        let (leader, learner) = (matched(p.leader), matched(id));
+        if (learner as f64) < (leader as f64) * PROMOTE_READY {
+            return Err(failed(
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ));
+        }
+        let mut record = m;
+        record.is_learner = false;
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        cc.context = record.encode_to_vec().into();
+        self.change(cc).await?;
+        let list = self.members()?;
+        Ok(MemberPromoteResponse {
+            header: list.header,
+            members: list.members,
+        })
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for Api {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(single_member())
+        self.member_add_req(r.into_inner()).await.map(Response::new)
     }
     async fn member_remove(
         &self,
-        _r: Request<MemberRemoveRequest>,
+        r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(single_member())
+        self.member_remove_req(r.into_inner().id)
+            .await
+            .map(Response::new)
     }
     async fn member_update(
         &self,
-        _r: Request<MemberUpdateRequest>,
+        r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(single_member())
+        self.member_update_req(r.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn member_list(
         &self,
@@ -59,12 +298,16 @@ impl Cluster for Api {
         if r.into_inner().linearizable {
             self.linearizable_barrier().await?;
         }
-        Ok(Response::new(self.members()))
+        self.members().map(Response::new)
     }
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(single_member())
+        let id = r.into_inner().id;
+        let resp = self.on_leader(Req::MemberPromote(id)).await?;
+        let mut out = resp.member_promote.unwrap_or_default();
+        out.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(Response::new(out))
     }
 }

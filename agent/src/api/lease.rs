@@ -9,6 +9,7 @@ use std::time::Duration;
 use cairn_mvcc::lease::MAX_LEASE_TTL;
 use cairn_mvcc::{MvccError, Response};
 use cairn_proto::cairnpb::command::Op;
+use cairn_proto::cairnpb::peer_request::Req;
 use cairn_proto::etcdserverpb::lease_server::Lease;
 use cairn_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -89,7 +90,19 @@ impl Api {
         }
     }
 
+    /// Remaining TTLs are known to the leader (its deadlines are the ones
+    /// renewals move); other members ask it.
     pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Status> {
+        let resp = self.on_leader(Req::LeaseTimeToLive(req)).await?;
+        let mut r = resp.lease_time_to_live.unwrap_or_default();
+        r.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(r)
+    }
+
+    pub(super) async fn lease_time_to_live_here(
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
@@ -141,7 +154,19 @@ impl Api {
         })
     }
 
+    /// Renewals move the leader's deadlines; other members pass them on.
     pub async fn lease_keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        let resp = self.on_leader(Req::LeaseKeepAlive(id)).await?;
+        let mut r = resp.lease_keep_alive.unwrap_or_default();
+        r.id = id;
+        r.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(r)
+    }
+
+    pub(super) async fn lease_keep_alive_here(
+        &self,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
         // A renewal must not outlive a revocation committed before it.
         self.linearizable_barrier().await?;
         let ttl = self

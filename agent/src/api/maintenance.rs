@@ -27,7 +27,7 @@ impl Api {
             raft_applied_index: st.applied_index,
             errors: Vec::new(),
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: st.learners.contains(&st.id),
             storage_version: ETCD_VERSION
                 .rsplit_once('.')
                 .map(|(v, _)| v)
@@ -139,10 +139,27 @@ impl Maintenance for Api {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        if r.into_inner().target_id != self.identity.member_id {
+        let target = r.into_inner().target_id;
+        let st = self.node.status();
+        if st.leader_id != st.id {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !st.voters.contains(&target) {
             return Err(Status::failed_precondition(
                 "etcdserver: bad leader transferee",
             ));
+        }
+        if target != st.id {
+            let election = std::time::Duration::from_millis(self.settings.election_ms);
+            self.node
+                .transfer_leader(target, election * 2)
+                .await
+                .map_err(|e| match e {
+                    cairn_raft::ProposeError::Timeout => Status::unavailable(
+                        "etcdserver: request timed out, leader transfer took too long",
+                    ),
+                    e => status::propose(e),
+                })?;
         }
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.header(self.mvcc.current_revision())),

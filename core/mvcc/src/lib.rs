@@ -21,4 +21,4 @@ pub mod watch;
 
 pub use backend::{Backend, BackendError, Batch, MemBackend, ReadView, Table};
 pub use error::MvccError;
-pub use store::{Applied, LeaseInfo, Mvcc, Response};
+pub use store::{Applied, LeaseInfo, Mvcc, Response, RestoreError};

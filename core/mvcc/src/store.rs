@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use cairn_proto::cairnpb::Command;
+use cairn_proto::cairnpb::{Command, Member};
 use cairn_proto::cairnpb::command::Op;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -54,6 +54,8 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// A membership record changed (no revision).
+    Member,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,61 @@ const META_CURRENT: &[u8] = b"current_revision";
 const META_COMPACT: &[u8] = b"compact_revision";
 const META_APPLIED: &[u8] = b"applied_index";
 const META_PHYSICAL: &[u8] = b"physically_compacted";
+/// Membership records: `member/` + BE(id) -> `cairnpb.Member`.
+const META_MEMBER: &[u8] = b"member/";
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut k = META_MEMBER.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+type MetaWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// The writes a membership command makes. Changing a member that is not
+/// recorded changes nothing (the command was decided against a state where
+/// it existed; replay must agree).
+fn member_change<S: ReadView>(snap: &S, op: &Op) -> Result<Vec<MetaWrite>, BackendError> {
+    let load = |id: u64| -> Result<Option<Member>, BackendError> {
+        snap.get(Table::Meta, &member_key(id))?
+            .map(|v| {
+                Member::decode(v.as_slice())
+                    .map_err(|e| corrupt("meta", &member_key(id), &e.to_string()))
+            })
+            .transpose()
+    };
+    Ok(match op {
+        Op::MemberSet(m) => vec![(member_key(m.id), Some(m.encode_to_vec()))],
+        Op::MemberRemove(id) => vec![(member_key(*id), None)],
+        Op::MemberAttributes(a) => match load(a.id)? {
+            Some(mut m) => {
+                m.name = a.name.clone();
+                m.client_urls = a.client_urls.clone();
+                vec![(member_key(m.id), Some(m.encode_to_vec()))]
+            }
+            None => Vec::new(),
+        },
+        Op::MemberPeerUrls(u) => match load(u.id)? {
+            Some(mut m) => {
+                m.peer_urls = u.peer_urls.clone();
+                vec![(member_key(m.id), Some(m.encode_to_vec()))]
+            }
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    })
+}
+
+/// Records written per batch while restoring a snapshot.
+const RESTORE_BATCH: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot: {0}")]
+    Format(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
 
 /// After this many skipped versions of one key a scan seeks past them.
 const SKIP_BEFORE_SEEK: usize = 8;
@@ -887,6 +944,7 @@ impl<B: Backend> Mvcc<B> {
         let snap = self.backend.snapshot();
         let begin = self.current_revision();
         let mut txn = Txn::new(&snap, begin, self.compact_revision());
+        let mut member_writes = Vec::new();
         let result = match &cmd.op {
             Some(Op::Put(p)) => txn
                 .precheck(&Request::RequestPut(p.clone()))
@@ -897,6 +955,17 @@ impl<B: Backend> Mvcc<B> {
             Some(Op::Compaction(c)) => txn.compaction(c).map(Response::Compaction),
             Some(Op::LeaseGrant(g)) => txn.lease_grant(g).map(Response::LeaseGrant),
             Some(Op::LeaseRevoke(r)) => txn.lease_revoke(r).map(Response::LeaseRevoke),
+            Some(
+                Op::MemberSet(_)
+                | Op::MemberRemove(_)
+                | Op::MemberAttributes(_)
+                | Op::MemberPeerUrls(_),
+            ) => member_change(&snap, cmd.op.as_ref().expect("matched"))
+                .map(|w| {
+                    member_writes = w;
+                    Response::Member
+                })
+                .map_err(MvccError::Backend),
             None => Err(MvccError::KeyNotFound),
         };
         let result = match result {
@@ -910,6 +979,12 @@ impl<B: Backend> Mvcc<B> {
             // A refused command changes nothing but the applied index.
             Txn::new(&snap, begin, 0).into_batch(&mut batch)
         };
+        for (k, v) in member_writes {
+            match v {
+                Some(v) => batch.put(Table::Meta, k, v),
+                None => batch.delete(Table::Meta, k),
+            }
+        }
         self.commit_applied(batch, index)?;
         if let Some(c) = outcome.compacted {
             self.compacted.store(c, Ordering::Release);
@@ -1155,6 +1230,89 @@ impl<B: Backend> Mvcc<B> {
             }
         }
         Ok(h.finalize())
+    }
+
+    /// The recorded members, by id.
+    pub fn members(&self) -> Result<Vec<Member>, BackendError> {
+        let snap = self.backend.snapshot();
+        let end = keys::prefix_end(META_MEMBER);
+        snap.scan(Table::Meta, META_MEMBER, end.as_deref(), false)
+            .map(|r| {
+                let (k, v) = r?;
+                Member::decode(v.as_slice()).map_err(|e| corrupt("meta", &k, &e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Replaces the whole store by the content of a snapshot stream (the
+    /// format of [`Mvcc::snapshot_chunks`]). Not atomic: the caller keeps
+    /// the stream until this returns and redoes the restore after a crash.
+    /// Must not run concurrently with `apply`.
+    pub fn restore(&self, mut r: impl std::io::Read) -> Result<(), RestoreError> {
+        let io = |e: std::io::Error| RestoreError::Format(format!("read: {e}"));
+        let mut magic = [0u8; 10];
+        r.read_exact(&mut magic).map_err(io)?;
+        if &magic != b"CAIRNSNAP1" {
+            return Err(RestoreError::Format("not a cairn snapshot (bad magic)".into()));
+        }
+        // Drop everything first.
+        let snap = self.backend.snapshot();
+        for t in Table::ALL {
+            let mut batch = Batch::default();
+            for kv in snap.scan(t, &[], None, false) {
+                batch.delete(t, kv?.0);
+                if batch.ops.len() >= RESTORE_BATCH {
+                    self.backend.commit(std::mem::take(&mut batch), false)?;
+                }
+            }
+            self.backend.commit(batch, false)?;
+        }
+        drop(snap);
+        let mut batch = Batch::default();
+        let mut bytes = 0usize;
+        loop {
+            let mut tag = [0u8; 1];
+            r.read_exact(&mut tag).map_err(io)?;
+            if tag[0] == 0xFF {
+                break;
+            }
+            let t = *Table::ALL
+                .get(tag[0] as usize)
+                .ok_or_else(|| RestoreError::Format(format!("unknown table {}", tag[0])))?;
+            let mut read_part = || -> Result<Vec<u8>, RestoreError> {
+                let mut len = [0u8; 4];
+                r.read_exact(&mut len).map_err(io)?;
+                let len = u32::from_be_bytes(len) as usize;
+                if len > 64 << 20 {
+                    return Err(RestoreError::Format(format!("record of {len} bytes")));
+                }
+                let mut v = vec![0u8; len];
+                r.read_exact(&mut v).map_err(io)?;
+                Ok(v)
+            };
+            let k = read_part()?;
+            let v = read_part()?;
+            bytes += k.len() + v.len();
+            batch.put(t, k, v);
+            if batch.ops.len() >= RESTORE_BATCH || bytes >= 16 << 20 {
+                self.backend.commit(std::mem::take(&mut batch), false)?;
+                bytes = 0;
+            }
+        }
+        self.backend.commit(batch, true)?;
+        let snap = self.backend.snapshot();
+        let current = meta_i64(&snap, META_CURRENT)?.unwrap_or(1);
+        let compact = meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
+        let applied = meta_i64(&snap, META_APPLIED)?.unwrap_or(0) as u64;
+        let physical = meta_i64(&snap, META_PHYSICAL)?.unwrap_or(0);
+        self.current.store(current, Ordering::Release);
+        self.compacted.store(compact, Ordering::Release);
+        self.applied.store(applied, Ordering::Release);
+        *self.physical.lock().expect("physical lock") = Physical {
+            done: physical,
+            ..Default::default()
+        };
+        Ok(())
     }
 
     /// The whole store as a stream of chunks of about `chunk_bytes`, read

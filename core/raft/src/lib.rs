@@ -20,15 +20,42 @@ mod node;
 pub use mem::MemLogStore;
 pub use node::{Node, StartError};
 
-pub use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+pub use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MessageType, Snapshot,
+    SnapshotMetadata,
+};
+
+/// Carries raft messages to peers. Called on the driver thread: it must not
+/// block (queue and drop when full; raft retransmits what is lost).
+pub trait Transport: Send + 'static {
+    fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// The transport of a node with no peers.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            tracing::debug!(count = msgs.len(), "no transport: dropping raft messages");
+        }
+    }
+}
 
 /// The replicated state machine, applied on the driver thread.
 pub trait StateMachine: Send + 'static {
     type Output: Send + 'static;
     /// Applies a committed normal entry carrying a proposal's bytes.
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Self::Output;
-    /// Notes an entry with nothing to apply (leader no-op, conf change).
+    /// Notes an entry with nothing to apply (a leader's no-op).
     fn apply_empty(&mut self, index: u64);
+    /// Applies a committed membership change; `cs` is the configuration it
+    /// produced. Called only for entries above `applied_index`.
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState) -> Self::Output;
+    /// Replaces the whole state with the one a leader sent (`snap.data` is
+    /// what the transport made of the streamed content). Afterwards
+    /// `applied_index` is at least the snapshot's index.
+    fn restore(&mut self, snap: &Snapshot) -> Result<(), String>;
     /// Index of the last entry applied (restored from storage at start).
     fn applied_index(&self) -> u64;
 }
@@ -52,6 +79,10 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError>;
     /// Drops entries up to and including `index` (already applied).
     fn compact(&mut self, index: u64) -> Result<(), StorageError>;
+    /// Replaces the log by a snapshot's position: every entry is dropped,
+    /// the log continues after `meta.index`, the conf state is the
+    /// snapshot's and the commit index at least its index. Synced.
+    fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError>;
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +96,11 @@ pub struct NodeConfig {
     pub max_pending_proposals: usize,
     /// Keep this many applied entries before compacting the log.
     pub snapshot_count: u64,
+    /// The initial members of a new cluster, as conf changes (each carrying
+    /// its member record in `context`); they become the first log entries
+    /// on every member alike, as etcd bootstraps. Empty for a member that
+    /// joins an existing cluster: it learns everything from the leader.
+    pub bootstrap: Vec<ConfChange>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,6 +110,10 @@ pub struct NodeStatus {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// This member was removed from the cluster; it stops.
+    pub removed: bool,
     /// Set when the node stopped on a storage failure: nothing more is
     /// proposed or applied, and the process should exit.
     pub fatal: Option<String>,
@@ -92,4 +132,18 @@ pub enum ProposeError {
     Timeout,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    #[error("etcdserver: a membership change is already in progress")]
+    ConfChangePending,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+}
+
+/// Replication progress seen by the leader: (member, highest index known to
+/// be on it), the leader itself included.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub leader: u64,
+    pub matched: Vec<(u64, u64)>,
+    /// Members the leader heard from within the last election timeout.
+    pub active: Vec<u64>,
 }

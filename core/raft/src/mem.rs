@@ -3,7 +3,7 @@
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
 
-use crate::{ConfState, Entry, HardState, LogStore, StorageError};
+use crate::{ConfState, Entry, HardState, LogStore, SnapshotMetadata, StorageError};
 
 #[derive(Clone, Default)]
 pub struct MemLogStore {
@@ -79,6 +79,14 @@ impl LogStore for MemLogStore {
         self.inner
             .wl()
             .compact(index + 1)
+            .map_err(|e| StorageError(e.to_string()))
+    }
+    fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.set_metadata(meta.clone());
+        self.inner
+            .wl()
+            .apply_snapshot(snap)
             .map_err(|e| StorageError(e.to_string()))
     }
 }

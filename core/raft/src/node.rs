@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::eraftpb::{ConfChangeV2, EntryType, Message};
+use raft::{GetEntriesContext, RaftState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage};
 use tokio::sync::{oneshot, watch};
 
-use crate::{ConfState, Entry, LogStore, NodeConfig, NodeStatus, ProposeError, StateMachine};
+use crate::{
+    ConfChange, ConfState, Entry, HardState, LogStore, NodeConfig, NodeStatus, Progress,
+    ProposeError, Snapshot, StateMachine, Transport,
+};
 
 /// Most queued requests taken in one turn of the loop.
 const MAX_BATCH: usize = 4096;
@@ -21,7 +24,13 @@ type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 enum Msg<O> {
     Propose { data: Vec<u8>, tx: Reply<O> },
+    ConfChange { cc: ConfChange, tx: Reply<O> },
     Read { tx: Reply<u64> },
+    Step(Box<Message>),
+    Transfer(u64),
+    Unreachable(u64),
+    SnapshotDone { to: u64, ok: bool },
+    Progress { tx: oneshot::Sender<Option<Progress>> },
     Shutdown,
 }
 
@@ -60,22 +69,57 @@ struct Inner<O> {
 }
 
 impl<O: Send + 'static> Node<O> {
-    /// Starts the node on its own thread. A store with no configuration is
-    /// bootstrapped as a one-voter cluster of `cfg.id`, which then elects
-    /// itself at once.
-    pub fn start<S, M>(cfg: NodeConfig, mut store: S, sm: M) -> Result<Node<O>, StartError>
+    /// Starts the node on its own thread. An empty store of a new cluster is
+    /// bootstrapped from `cfg.bootstrap`: those conf changes become entries
+    /// 1..=n of term 1, committed, as on every other initial member. A lone
+    /// voter then elects itself at once.
+    pub fn start<S, M, T>(
+        cfg: NodeConfig,
+        mut store: S,
+        sm: M,
+        transport: T,
+    ) -> Result<Node<O>, StartError>
     where
         S: LogStore,
         M: StateMachine<Output = O>,
+        T: Transport,
     {
         let state = store.initial_state()?;
         let mut conf = state.conf_state.clone();
-        if conf.voters.is_empty() && conf.learners.is_empty() {
+        let empty = conf.voters.is_empty()
+            && conf.learners.is_empty()
+            && store.last_index()? == 0
+            && state.hard_state.term == 0;
+        if empty && !cfg.bootstrap.is_empty() {
+            let mut entries = Vec::new();
             conf = ConfState::default();
-            conf.voters = vec![cfg.id];
+            for (i, cc) in cfg.bootstrap.iter().enumerate() {
+                let mut e = Entry::default();
+                e.set_entry_type(EntryType::EntryConfChange);
+                e.term = 1;
+                e.index = i as u64 + 1;
+                e.data = protobuf::Message::write_to_bytes(cc)
+                    .map_err(|e| StartError::Storage(e.to_string()))?
+                    .into();
+                entries.push(e);
+                conf.voters.push(cc.node_id);
+            }
+            let hs = HardState {
+                term: 1,
+                commit: entries.len() as u64,
+                ..Default::default()
+            };
+            store.append(&entries, Some(&hs), true)?;
             store.set_conf_state(&conf)?;
         }
+        let state = store.initial_state()?;
         let applied = sm.applied_index().min(state.hard_state.commit);
+        let store = SnapStore {
+            term: store.term(applied).unwrap_or(0),
+            index: applied,
+            conf: conf.clone(),
+            inner: store,
+        };
         let rcfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks.max(2),
@@ -89,10 +133,10 @@ impl<O: Send + 'static> Node<O> {
             ..Default::default()
         };
         rcfg.validate()?;
-        let mut raw = RawNode::new(&rcfg, store, &crate::log::logger())?;
-        if conf.voters == [cfg.id] {
-            raw.campaign()?;
-        }
+        let raw = RawNode::new(&rcfg, store, &crate::log::logger())?;
+        // A lone voter elects itself at once, as soon as the bootstrap
+        // entries are applied (raft will not campaign before).
+        let campaign_now = conf.voters == [cfg.id] && conf.learners.is_empty();
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_pending_proposals.max(1));
         let (status_tx, status_rx) = watch::channel(NodeStatus {
             id: cfg.id,
@@ -105,6 +149,10 @@ impl<O: Send + 'static> Node<O> {
         let mut driver = Driver {
             raw,
             sm,
+            transport,
+            campaign_now,
+            was_member: conf.voters.contains(&cfg.id) || conf.learners.contains(&cfg.id),
+            conf,
             rx,
             status: status_tx,
             cfg,
@@ -115,6 +163,11 @@ impl<O: Send + 'static> Node<O> {
             reads_in_flight: HashMap::new(),
             reads_waiting_apply: Vec::new(),
         };
+        // Apply what is committed (the bootstrap entries) and let a lone
+        // voter win its election before the first caller arrives.
+        driver.on_ready().map_err(StartError::Storage)?;
+        driver.maybe_campaign().map_err(StartError::Storage)?;
+        driver.publish(None);
         let thread = std::thread::Builder::new()
             .name("cairn-raft".into())
             .spawn(move || driver.run())
@@ -143,6 +196,57 @@ impl<O: Send + 'static> Node<O> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Read { tx })?;
         self.wait(rx).await
+    }
+
+    /// Proposes a membership change and returns what applying it produced.
+    pub async fn propose_conf_change(&self, cc: ConfChange) -> Result<O, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::ConfChange { cc, tx })?;
+        self.wait(rx).await
+    }
+
+    /// Hands a message from a peer to raft. Dropped when the queue is full:
+    /// raft retransmits.
+    pub fn step(&self, m: Message) {
+        let _ = self.send(Msg::Step(Box::new(m)));
+    }
+
+    /// Tells raft a peer could not be reached, so it probes instead of
+    /// streaming appends to it.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.send(Msg::Unreachable(id));
+    }
+
+    /// Tells raft how sending a snapshot to `to` ended.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.send(Msg::SnapshotDone { to, ok });
+    }
+
+    /// Asks the leader to hand leadership to `to`; returns once `to` leads,
+    /// or times out.
+    pub async fn transfer_leader(&self, to: u64, timeout: Duration) -> Result<(), ProposeError> {
+        let mut status = self.subscribe();
+        if status.borrow().leader_id != status.borrow().id {
+            return Err(ProposeError::NotLeader);
+        }
+        self.send(Msg::Transfer(to))?;
+        match tokio::time::timeout(timeout, status.wait_for(|s| s.leader_id == to)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout),
+        }
+    }
+
+    /// The leader's view of how far each member's log matches its own;
+    /// `None` when this node does not lead.
+    pub async fn progress(&self) -> Result<Option<Progress>, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Progress { tx })?;
+        match tokio::time::timeout(self.inner.request_timeout, rx).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout),
+        }
     }
 
     fn send(&self, m: Msg<O>) -> Result<(), ProposeError> {
@@ -203,9 +307,63 @@ fn parse_conf_change<M: protobuf::Message>(e: &Entry) -> Result<M, String> {
         .map_err(|err| format!("raft entry {} is not a conf change: {err}", e.index))
 }
 
-struct Driver<S: LogStore, M: StateMachine> {
-    raw: RawNode<S>,
+/// The log store as raft sees it. A snapshot asked for by raft (to send to
+/// a member whose next entry was compacted away) is described at the last
+/// applied index with the configuration there; its content is the state
+/// machine's, which the transport streams and which may by then be newer,
+/// never older (the receiver skips entries its content already holds).
+struct SnapStore<S> {
+    inner: S,
+    index: u64,
+    term: u64,
+    conf: ConfState,
+}
+
+impl<S: LogStore> Storage for SnapStore<S> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.inner.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.inner.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.inner.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.inner.last_index()
+    }
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.index < request_index || self.index == 0 {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut s = Snapshot::default();
+        let md = s.mut_metadata();
+        md.index = self.index;
+        md.term = self.term;
+        md.set_conf_state(self.conf.clone());
+        Ok(s)
+    }
+}
+
+struct Driver<S: LogStore, M: StateMachine, T> {
+    raw: RawNode<SnapStore<S>>,
     sm: M,
+    transport: T,
+    /// The configuration as of the last applied entry.
+    conf: ConfState,
+    was_member: bool,
+    campaign_now: bool,
     rx: Receiver<Msg<M::Output>>,
     status: watch::Sender<NodeStatus>,
     cfg: NodeConfig,
@@ -217,7 +375,7 @@ struct Driver<S: LogStore, M: StateMachine> {
     reads_waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
 }
 
-impl<S: LogStore, M: StateMachine> Driver<S, M> {
+impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
     fn run(&mut self) {
         let tick = self.cfg.heartbeat_interval.max(Duration::from_millis(1));
         let mut next_tick = Instant::now() + tick;
@@ -272,6 +430,9 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
             if let Err(e) = self.on_ready() {
                 break Err(e);
             }
+            if let Err(e) = self.maybe_campaign() {
+                break Err(e);
+            }
             self.publish(None);
         };
         let fatal = outcome.err();
@@ -280,6 +441,18 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
         }
         self.fail_all(ProposeError::Stopped);
         self.publish(fatal);
+    }
+
+    fn maybe_campaign(&mut self) -> Result<(), String> {
+        let log = &self.raw.raft.raft_log;
+        if self.campaign_now && log.applied >= log.committed {
+            self.campaign_now = false;
+            if self.raw.raft.state != StateRole::Leader {
+                let _ = self.raw.campaign();
+                self.on_ready()?;
+            }
+        }
+        Ok(())
     }
 
     fn take_id(&mut self) -> u64 {
@@ -326,6 +499,54 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
                     }
                 }
             }
+            Msg::ConfChange { cc, tx } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = tx.send(Err(ProposeError::NoLeader));
+                } else if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+                {
+                    let _ = tx.send(Err(ProposeError::ConfChangePending));
+                } else {
+                    let id = self.take_id();
+                    match self.raw.propose_conf_change(self.context(id), cc) {
+                        Ok(()) => {
+                            self.waiters.insert(id, tx);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "conf change refused by raft");
+                            let _ = tx.send(Err(ProposeError::NoLeader));
+                        }
+                    }
+                }
+            }
+            Msg::Step(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
+            Msg::Transfer(to) => self.raw.transfer_leader(to),
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::SnapshotDone { to, ok } => {
+                let st = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, st);
+            }
+            Msg::Progress { tx } => {
+                let r = &self.raw.raft;
+                let p = (r.state == StateRole::Leader).then(|| Progress {
+                    leader: r.id,
+                    matched: r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect(),
+                    active: r
+                        .prs()
+                        .iter()
+                        .filter(|(_, pr)| pr.recent_active)
+                        .map(|(id, _)| *id)
+                        .collect(),
+                });
+                let _ = tx.send(p);
+            }
             Msg::Read { tx } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = tx.send(Err(ProposeError::NoLeader));
@@ -342,11 +563,32 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
             return Ok(());
         }
         let mut rd = self.raw.ready();
-        // Messages to peers come with the replicated cluster; a single voter
-        // has none to send.
-        let _ = rd.take_messages();
+        // A leader's appends go out while it writes them itself (raft
+        // counts its own vote only once they are durable, below).
+        let msgs = rd.take_messages();
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         if !rd.snapshot().is_empty() {
-            return Err("installing a raft snapshot is not supported by a single member".into());
+            // The content first: a crash before the log records the
+            // snapshot leaves the log behind the content, which the skip of
+            // already-applied entries handles; the reverse would leave
+            // committed entries that are neither in the log nor applied.
+            let snap = rd.snapshot().clone();
+            self.sm.restore(&snap)?;
+            let md = snap.get_metadata();
+            self.raw
+                .mut_store()
+                .inner
+                .apply_snapshot(md)
+                .map_err(|e| e.to_string())?;
+            self.conf = md.get_conf_state().clone();
+            self.was_member |= self.is_member();
+            let store = self.raw.mut_store();
+            store.index = md.index;
+            store.term = md.term;
+            store.conf = self.conf.clone();
+            tracing::info!(index = md.index, term = md.term, "installed a snapshot from the leader");
         }
         if let Some(ss) = rd.ss()
             && ss.raft_state != StateRole::Leader
@@ -364,6 +606,7 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
             let sync = rd.must_sync();
             self.raw
                 .mut_store()
+                .inner
                 .append(rd.entries(), rd.hs(), sync)
                 .map_err(|e| e.to_string())?;
         }
@@ -375,16 +618,25 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
                 self.reads_waiting_apply.push((rs.index, waiters));
             }
         }
-        let _ = rd.take_persisted_messages();
+        // Votes and append acknowledgements: only now that what they
+        // promise is on disk.
+        let msgs = rd.take_persisted_messages();
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         let mut light = self.raw.advance(rd);
         if light.commit_index().is_some() {
             let hs = self.raw.raft.hard_state();
             self.raw
                 .mut_store()
+                .inner
                 .append(&[], Some(&hs), false)
                 .map_err(|e| e.to_string())?;
         }
-        let _ = light.take_messages();
+        let msgs = light.take_messages();
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.answer_reads();
@@ -393,10 +645,19 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         for e in entries {
+            let ty = e.get_entry_type();
             if e.index <= self.sm.applied_index() {
-                continue; // already applied before a restart
+                // Already in the state machine (applied before a restart, or
+                // part of a snapshot's content). Raft's configuration still
+                // has to follow the log.
+                if ty == EntryType::EntryConfChange {
+                    let cc: ConfChange = parse_conf_change(&e)?;
+                    self.change_conf(&cc)?;
+                }
+                self.note_applied(&e);
+                continue;
             }
-            match e.get_entry_type() {
+            match ty {
                 EntryType::EntryNormal if e.data.is_empty() => self.sm.apply_empty(e.index),
                 EntryType::EntryNormal => {
                     let out = self.sm.apply(e.index, e.term, &e.data);
@@ -406,28 +667,62 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
                         let _ = w.send(Ok(out));
                     }
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                        self.raw
-                            .apply_conf_change(&parse_conf_change::<ConfChange>(&e)?)
-                    } else {
-                        self.raw
-                            .apply_conf_change(&parse_conf_change::<ConfChangeV2>(&e)?)
+                EntryType::EntryConfChange => {
+                    let cc: ConfChange = parse_conf_change(&e)?;
+                    self.change_conf(&cc)?;
+                    let out = self.sm.apply_conf_change(e.index, &cc, &self.conf);
+                    if let Some(id) = self.id_of(&e.context)
+                        && let Some(w) = self.waiters.remove(&id)
+                    {
+                        let _ = w.send(Ok(out));
                     }
-                    .map_err(|err| err.to_string())?;
-                    self.set_conf_state(&cs)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // cairn proposes single changes only; a V2 entry can
+                    // only come from a foreign log.
+                    let cc: ConfChangeV2 = parse_conf_change(&e)?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| err.to_string())?;
+                    self.set_conf_state(cs)?;
                     self.sm.apply_empty(e.index);
                 }
             }
+            self.note_applied(&e);
         }
         Ok(())
     }
 
-    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), String> {
+    /// Raft's side of a membership change: its trackers and the stored
+    /// configuration.
+    fn change_conf(&mut self, cc: &ConfChange) -> Result<(), String> {
+        let cs = self
+            .raw
+            .apply_conf_change(cc)
+            .map_err(|err| err.to_string())?;
+        self.set_conf_state(cs)
+    }
+
+    fn set_conf_state(&mut self, cs: ConfState) -> Result<(), String> {
         self.raw
             .mut_store()
-            .set_conf_state(cs)
-            .map_err(|e| e.to_string())
+            .inner
+            .set_conf_state(&cs)
+            .map_err(|e| e.to_string())?;
+        self.raw.mut_store().conf = cs.clone();
+        self.conf = cs;
+        self.was_member |= self.is_member();
+        Ok(())
+    }
+
+    /// Where a snapshot asked for now would stand.
+    fn note_applied(&mut self, e: &Entry) {
+        let store = self.raw.mut_store();
+        if e.index > store.index {
+            store.index = e.index;
+            store.term = e.term;
+        }
     }
 
     fn answer_reads(&mut self) {
@@ -446,7 +741,9 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
     /// Drops applied entries once more than `snapshot_count` have piled up,
     /// keeping a tail for members that lag a little.
     fn maybe_compact(&mut self) -> Result<(), String> {
-        let applied = self.sm.applied_index();
+        // What raft has applied, not the state machine: after a snapshot the
+        // content can be ahead of the log.
+        let applied = self.raw.store().index;
         let first = self.raw.store().first_index().map_err(|e| e.to_string())?;
         let count = self.cfg.snapshot_count.max(1);
         if applied >= first + count {
@@ -455,6 +752,7 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
             if to >= first {
                 self.raw
                     .mut_store()
+                    .inner
                     .compact(to)
                     .map_err(|e| e.to_string())?;
             }
@@ -476,6 +774,17 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
         }
     }
 
+    /// Removed: the configuration named this node once and no longer does.
+    /// (A joining member replays the configurations from before it was
+    /// added; those do not name it yet.)
+    fn removed(&self) -> bool {
+        self.was_member && !self.is_member()
+    }
+
+    fn is_member(&self) -> bool {
+        self.conf.voters.contains(&self.cfg.id) || self.conf.learners.contains(&self.cfg.id)
+    }
+
     fn publish(&self, fatal: Option<String>) {
         let r = &self.raw.raft;
         let next = NodeStatus {
@@ -484,6 +793,9 @@ impl<S: LogStore, M: StateMachine> Driver<S, M> {
             term: r.term,
             commit_index: r.raft_log.committed,
             applied_index: self.sm.applied_index(),
+            voters: self.conf.voters.clone(),
+            learners: self.conf.learners.clone(),
+            removed: self.removed(),
             fatal,
         };
         self.status.send_if_modified(|s| {

@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_raft::{LogStore, MemLogStore, Node, NodeConfig, ProposeError, StateMachine};
+use cairn_raft::{
+    ConfChange, ConfChangeType, ConfState, LogStore, MemLogStore, NoPeers, Node, NodeConfig,
+    ProposeError, Snapshot, StateMachine,
+};
 use raft::Storage;
 
 /// Appends every command to a shared list; the applied index is "durable"
@@ -33,6 +36,13 @@ impl StateMachine for Recorder {
     fn apply_empty(&mut self, index: u64) {
         self.applied.store(index, Ordering::SeqCst);
     }
+    fn apply_conf_change(&mut self, index: u64, _cc: &ConfChange, _cs: &ConfState) -> (u64, usize) {
+        self.applied.store(index, Ordering::SeqCst);
+        (index, self.log.lock().unwrap().len())
+    }
+    fn restore(&mut self, _snap: &Snapshot) -> Result<(), String> {
+        Err("a single voter never receives a snapshot".into())
+    }
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
     }
@@ -55,6 +65,12 @@ fn cfg() -> NodeConfig {
         election_ticks: 10,
         max_pending_proposals: 10_000,
         snapshot_count: 50,
+        bootstrap: vec![{
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = 1;
+            cc
+        }],
     }
 }
 
@@ -62,7 +78,7 @@ fn cfg() -> NodeConfig {
 async fn proposals_are_applied_in_order_and_answered() {
     let store = MemLogStore::new();
     let sm = Recorder::default();
-    let node = Node::start(cfg(), store.clone(), sm.clone()).unwrap();
+    let node = Node::start(cfg(), store.clone(), sm.clone(), NoPeers).unwrap();
     let mut last = 0;
     for i in 0..20u8 {
         let (index, n) = node.propose(vec![i]).await.unwrap();
@@ -88,7 +104,7 @@ async fn proposals_are_applied_in_order_and_answered() {
 async fn concurrent_proposals_share_syncs_and_the_log_is_compacted() {
     let store = MemLogStore::new();
     let sm = Recorder::default();
-    let node = Node::start(cfg(), store.clone(), sm.clone()).unwrap();
+    let node = Node::start(cfg(), store.clone(), sm.clone(), NoPeers).unwrap();
     node.propose(b"warm".to_vec()).await.unwrap();
     let before = store.synced_appends.load(Ordering::SeqCst);
     let tasks: Vec<_> = (0..500)
@@ -115,7 +131,7 @@ async fn concurrent_proposals_share_syncs_and_the_log_is_compacted() {
 async fn restart_applies_what_was_committed_but_not_applied() {
     let store = MemLogStore::new();
     let sm = Recorder::default();
-    let node = Node::start(cfg(), store.clone(), sm.clone()).unwrap();
+    let node = Node::start(cfg(), store.clone(), sm.clone(), NoPeers).unwrap();
     for i in 0..10u8 {
         node.propose(vec![i]).await.unwrap();
     }
@@ -135,7 +151,7 @@ async fn restart_applies_what_was_committed_but_not_applied() {
         applied: Arc::new(AtomicU64::new(applied - 3)),
         log: Arc::new(Mutex::new(kept)),
     };
-    let node = Node::start(cfg(), store.clone(), sm2.clone()).unwrap();
+    let node = Node::start(cfg(), store.clone(), sm2.clone(), NoPeers).unwrap();
     node.read_index().await.unwrap();
     let data = commands(&sm2);
     assert_eq!(data, (0..10u8).map(|i| vec![i]).collect::<Vec<_>>());
@@ -147,7 +163,7 @@ async fn restart_applies_what_was_committed_but_not_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_stops_the_node() {
     let store = MemLogStore::new();
-    let node = Node::start(cfg(), store.clone(), Recorder::default()).unwrap();
+    let node = Node::start(cfg(), store.clone(), Recorder::default(), NoPeers).unwrap();
     node.propose(b"ok".to_vec()).await.unwrap();
     store.fail_appends.store(true, Ordering::SeqCst);
     let r = node.propose(b"lost".to_vec()).await;

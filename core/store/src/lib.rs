@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cairn_mvcc::backend::ScanIter;
 use cairn_mvcc::{Backend, BackendError, Batch, ReadView, Table};
-use cairn_raft::{ConfState, Entry, HardState, LogStore, StorageError};
+use cairn_raft::{ConfState, Entry, HardState, LogStore, SnapshotMetadata, StorageError};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use protobuf::Message as _;
 use raft::{GetEntriesContext, RaftState, Storage};
@@ -213,6 +213,13 @@ impl Db {
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let mut b = self.shared.batch(true);
         b.insert(&self.shared.agent_meta, key.as_bytes(), value);
+        self.shared.commit(b)
+    }
+
+    /// Removes and fsyncs one agent record.
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        let mut b = self.shared.batch(true);
+        b.remove(&self.shared.agent_meta, key.as_bytes());
         self.shared.commit(b)
     }
 
@@ -616,6 +623,37 @@ impl LogStore for FjallLogStore {
         self.terms.drain(..(index - self.compact_index) as usize);
         self.compact_index = index;
         self.compact_term = term;
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
+        let mut b = self.shared.batch(true);
+        for i in self.compact_index + 1..=self.last() {
+            b.remove(&self.shared.raft_log, i.to_be_bytes());
+        }
+        let mut rec = meta.index.to_be_bytes().to_vec();
+        rec.extend_from_slice(&meta.term.to_be_bytes());
+        b.insert(&self.shared.raft_state, COMPACTED, rec);
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        b.insert(
+            &self.shared.raft_state,
+            HARD_STATE,
+            hs.write_to_bytes().map_err(Self::err)?,
+        );
+        let cs = meta.get_conf_state();
+        b.insert(
+            &self.shared.raft_state,
+            CONF_STATE,
+            cs.write_to_bytes().map_err(Self::err)?,
+        );
+        self.shared.commit(b).map_err(Self::err)?;
+        self.terms.clear();
+        self.compact_index = meta.index;
+        self.compact_term = meta.term;
+        self.hard_state = hs;
+        self.conf_state = cs.clone();
         Ok(())
     }
 }
