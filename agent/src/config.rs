@@ -253,8 +253,12 @@ impl Config {
             log_level: get("log-level").unwrap_or("info").to_string(),
             enable_v2: boolean(s, "enable-v2", true)?,
             peer_tls: crate::peer::tls::PeerTls {
-                cert_file: get("peer-cert-file").filter(|v| !v.is_empty()).map(PathBuf::from),
-                key_file: get("peer-key-file").filter(|v| !v.is_empty()).map(PathBuf::from),
+                cert_file: get("peer-cert-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                key_file: get("peer-key-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
                 trusted_ca_file: get("peer-trusted-ca-file")
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from),
@@ -291,7 +295,14 @@ impl Config {
         if a != b {
             return Err(invalid(
                 "--initial-cluster",
-                &format!("{}={}", self.name, mine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")),
+                &format!(
+                    "{}={}",
+                    self.name,
+                    mine.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 &format!(
                     "does not match --initial-advertise-peer-urls={}",
                     self.initial_advertise_peer_urls.join(",")

@@ -92,7 +92,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let peer_addr = match cfg.listen_peer_urls.first().map(|u| (&u.addr, &u.original)) {
         Some((ListenAddr::Tcp(a), _)) => *a,
         Some((ListenAddr::Unix(_), url)) => {
-            anyhow::bail!("--listen-peer-urls {url}: peers talk over UDP (QUIC); a unix socket cannot be used")
+            anyhow::bail!(
+                "--listen-peer-urls {url}: peers talk over UDP (QUIC); a unix socket cannot be used"
+            )
         }
         None => anyhow::bail!("--listen-peer-urls is empty"),
     };
@@ -106,7 +108,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .configs(&cfg.data_dir, &hosts)
         .context("peer TLS")?;
     if !tls.verified {
-        tracing::info!("peer traffic is encrypted with a generated certificate; members are not authenticated (give --peer-trusted-ca-file to authenticate them)");
+        tracing::info!(
+            "peer traffic is encrypted with a generated certificate; members are not authenticated (give --peer-trusted-ca-file to authenticate them)"
+        );
     }
     let peers = Peers::bind(peer_addr, tls, 0, 0, cfg.data_dir.join("snap"))?;
 

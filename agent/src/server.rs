@@ -75,9 +75,9 @@ impl Clock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] cairn_store::StoreError),
-    #[error("cannot open the MVCC store: {0}")]
+    #[error("cannot open the MVCC store")]
     Mvcc(#[from] cairn_mvcc::MvccError),
     #[error("cannot start raft: {0}")]
     Raft(String),
@@ -97,30 +97,32 @@ impl Server {
     /// Opens (or initialises) the data directory, finds this member's
     /// identity (stored, derived from `--initial-cluster`, or asked of the
     /// running cluster when joining) and starts the raft node.
-    pub async fn start(settings: NodeSettings, peers: Arc<Peers>) -> Result<Arc<Server>, StartError> {
+    pub async fn start(
+        settings: NodeSettings,
+        peers: Arc<Peers>,
+    ) -> Result<Arc<Server>, StartError> {
         let dir = settings.data_dir.clone();
         let db = tokio::task::block_in_place(|| Db::open(&dir))?;
         let mvcc = Arc::new(Mvcc::open(db.mvcc_backend())?);
         finish_interrupted_restore(&db, &mvcc)?;
+        // Where the other members are: the records this member keeps, else
+        // the initial cluster, else what the running cluster told a joiner.
+        let mut known = mvcc.members().map_err(cairn_mvcc::MvccError::from)?;
         let (identity, bootstrap) = match load_identity(&db, &settings)? {
             Some(id) => (id, Vec::new()),
-            None if settings.join_existing => (join(&db, &settings, &peers).await?, Vec::new()),
+            None if settings.join_existing => {
+                let (id, members) = join(&db, &settings, &peers).await?;
+                known.extend(members);
+                (id, Vec::new())
+            }
             None => new_cluster(&db, &settings)?,
         };
+        if known.is_empty() {
+            known = initial_members(&settings.initial_cluster, &settings.cluster_token);
+        }
         peers.set_member_id(identity.member_id);
         peers.set_cluster_id(identity.cluster_id);
-        let mut book: Vec<(u64, Vec<String>)> = bootstrap
-            .iter()
-            .filter_map(|cc: &ConfChange| Member::decode(&cc.context[..]).ok())
-            .map(|m| (m.id, m.peer_urls))
-            .collect();
-        book.extend(
-            mvcc.members()
-                .map_err(cairn_mvcc::MvccError::from)?
-                .into_iter()
-                .map(|m| (m.id, m.peer_urls)),
-        );
-        peers.set_addresses(book);
+        peers.set_addresses(known.into_iter().map(|m| (m.id, m.peer_urls)));
 
         let clock = Clock(Instant::now());
         let mut lessor = Lessor::new();
@@ -343,7 +345,11 @@ fn new_cluster(db: &Db, s: &NodeSettings) -> Result<(Identity, Vec<ConfChange>),
 /// `--initial-cluster-state existing`: asks the running members for the
 /// membership and finds this member in it by its peer URLs (it must have
 /// been added with `member add` first).
-async fn join(db: &Db, s: &NodeSettings, peers: &Peers) -> Result<Identity, StartError> {
+async fn join(
+    db: &Db,
+    s: &NodeSettings,
+    peers: &Peers,
+) -> Result<(Identity, Vec<Member>), StartError> {
     let mut mine = s.peer_urls.clone();
     mine.sort();
     let others: Vec<&(String, String)> = s
@@ -385,14 +391,13 @@ async fn join(db: &Db, s: &NodeSettings, peers: &Peers) -> Result<Identity, Star
                         peer_urls: s.peer_urls.clone(),
                         client_urls: s.client_urls.clone(),
                     };
-                    peers.set_addresses(resp.members.iter().map(|m| (m.id, m.peer_urls.clone())));
                     save_identity(db, s, &identity)?;
                     tracing::info!(
                         member_id = format_args!("{:x}", me.id),
                         cluster_id = format_args!("{:x}", resp.cluster_id),
                         "joining the running cluster"
                     );
-                    return Ok(identity);
+                    return Ok((identity, resp.members));
                 }
                 Err(e) => errors.push(e.to_string()),
             }
@@ -450,7 +455,10 @@ pub async fn on_leadership(server: Arc<Server>) {
                 Ok(leases) => {
                     let mut lessor = server.lessor.lock().expect("lessor lock");
                     lessor.restore(&leases, server.clock.now_ms());
-                    tracing::info!(leases = leases.len(), "became leader; lease deadlines restarted");
+                    tracing::info!(
+                        leases = leases.len(),
+                        "became leader; lease deadlines restarted"
+                    );
                 }
                 Err(e) => tracing::error!(error = %e, "reading leases failed"),
             }
@@ -489,7 +497,9 @@ pub async fn publish_attributes(server: Arc<Server>) {
             };
             match server.propose(Op::MemberAttributes(attrs)).await {
                 Ok(_) => continue,
-                Err(e) => tracing::debug!(error = %e, "publishing member attributes failed; retrying"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing member attributes failed; retrying")
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

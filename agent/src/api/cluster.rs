@@ -225,7 +225,10 @@ impl Api {
     }
 
     /// Runs on the leader: only it knows how far the learner's log is.
-    pub(super) async fn member_promote_here(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+    pub(super) async fn member_promote_here(
+        &self,
+        id: u64,
+    ) -> Result<MemberPromoteResponse, Status> {
         let records = self.records()?;
         let Some(m) = records.into_iter().find(|m| m.id == id) else {
             return Err(not_found());

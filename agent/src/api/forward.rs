@@ -54,24 +54,25 @@ impl Api {
             return failed(Status::unavailable("etcdserver: leader changed"));
         }
         let r = match req {
-            Req::JoinInfo(_) => self.mvcc.members().map_err(|e| status::mvcc(e.into())).map(
-                |members| PeerResponse {
-                    cluster_id: self.identity.cluster_id,
-                    members,
-                    ..Default::default()
-                },
-            ),
+            Req::JoinInfo(_) => {
+                self.mvcc
+                    .members()
+                    .map_err(|e| status::mvcc(e.into()))
+                    .map(|members| PeerResponse {
+                        cluster_id: self.identity.cluster_id,
+                        members,
+                        ..Default::default()
+                    })
+            }
             Req::LeaseKeepAlive(id) => self.lease_keep_alive_here(id).await.map(|r| PeerResponse {
                 lease_keep_alive: Some(r),
                 ..Default::default()
             }),
             Req::LeaseTimeToLive(r) => {
-                self.lease_time_to_live_here(r)
-                    .await
-                    .map(|r| PeerResponse {
-                        lease_time_to_live: Some(r),
-                        ..Default::default()
-                    })
+                self.lease_time_to_live_here(r).await.map(|r| PeerResponse {
+                    lease_time_to_live: Some(r),
+                    ..Default::default()
+                })
             }
             Req::MemberPromote(id) => self.member_promote_here(id).await.map(|r| PeerResponse {
                 member_promote: Some(r),

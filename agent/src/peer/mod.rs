@@ -82,11 +82,7 @@ pub enum PeerError {
     #[error("no address known for member {0:x}")]
     NoAddress(u64),
     #[error("connecting to member {id:x} at {addr}: {why}")]
-    Connect {
-        id: u64,
-        addr: String,
-        why: String,
-    },
+    Connect { id: u64, addr: String, why: String },
     #[error("talking to member {id:x}: {why}")]
     Stream { id: u64, why: String },
 }
@@ -389,7 +385,11 @@ impl Peers {
                 ms = started.elapsed().as_millis() as u64,
                 "sent a snapshot"
             ),
-            Err(e) => tracing::warn!(peer = format_args!("{to:x}"), index, "sending a snapshot failed: {e}"),
+            Err(e) => tracing::warn!(
+                peer = format_args!("{to:x}"),
+                index,
+                "sending a snapshot failed: {e}"
+            ),
         }
         if let Some(n) = self.node.get() {
             n.report_snapshot(to, result.is_ok());
@@ -437,7 +437,11 @@ impl Peers {
 
     /// Sends one request to whoever listens at `url` (a joining member
     /// asks before it knows anyone's ID).
-    pub async fn request_url(&self, url: &str, req: &PeerRequest) -> Result<PeerResponse, PeerError> {
+    pub async fn request_url(
+        &self,
+        url: &str,
+        req: &PeerRequest,
+    ) -> Result<PeerResponse, PeerError> {
         self.book
             .write()
             .expect("book lock")
@@ -541,7 +545,10 @@ impl Peers {
                     Ok(Some(body)) => match Message::parse_from_bytes(&body) {
                         Ok(m) => node.step(m),
                         Err(e) => {
-                            tracing::warn!(peer = format_args!("{from:x}"), "bad raft message: {e}");
+                            tracing::warn!(
+                                peer = format_args!("{from:x}"),
+                                "bad raft message: {e}"
+                            );
                             return;
                         }
                     },
@@ -555,11 +562,18 @@ impl Peers {
             KIND_SNAPSHOT => match self.receive_snapshot(&mut r).await {
                 Ok(m) => node.step(m),
                 Err(e) => {
-                    tracing::warn!(peer = format_args!("{from:x}"), "receiving a snapshot failed: {e}");
+                    tracing::warn!(
+                        peer = format_args!("{from:x}"),
+                        "receiving a snapshot failed: {e}"
+                    );
                     let _ = r.stop(2u32.into());
                 }
             },
-            other => tracing::warn!(peer = format_args!("{from:x}"), kind = other, "unknown stream kind"),
+            other => tracing::warn!(
+                peer = format_args!("{from:x}"),
+                kind = other,
+                "unknown stream kind"
+            ),
         }
     }
 
@@ -647,7 +661,10 @@ impl Transport for QuicTransport {
             }
             let to = m.to;
             if self.0.queue(to).try_send(m).is_err() {
-                tracing::debug!(peer = format_args!("{to:x}"), "peer queue full; dropping a raft message");
+                tracing::debug!(
+                    peer = format_args!("{to:x}"),
+                    "peer queue full; dropping a raft message"
+                );
             }
         }
     }

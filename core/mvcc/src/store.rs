@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use cairn_proto::cairnpb::{Command, Member};
 use cairn_proto::cairnpb::command::Op;
+use cairn_proto::cairnpb::{Command, Member};
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_proto::etcdserverpb::request_op::Request;
@@ -1253,7 +1253,9 @@ impl<B: Backend> Mvcc<B> {
         let mut magic = [0u8; 10];
         r.read_exact(&mut magic).map_err(io)?;
         if &magic != b"CAIRNSNAP1" {
-            return Err(RestoreError::Format("not a cairn snapshot (bad magic)".into()));
+            return Err(RestoreError::Format(
+                "not a cairn snapshot (bad magic)".into(),
+            ));
         }
         // Drop everything first.
         let snap = self.backend.snapshot();

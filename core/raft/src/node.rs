@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeV2, EntryType, Message};
-use raft::{GetEntriesContext, RaftState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage};
+use raft::{
+    GetEntriesContext, RaftState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage,
+};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
@@ -23,14 +25,27 @@ const MAX_BATCH: usize = 4096;
 type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 enum Msg<O> {
-    Propose { data: Vec<u8>, tx: Reply<O> },
-    ConfChange { cc: ConfChange, tx: Reply<O> },
-    Read { tx: Reply<u64> },
+    Propose {
+        data: Vec<u8>,
+        tx: Reply<O>,
+    },
+    ConfChange {
+        cc: ConfChange,
+        tx: Reply<O>,
+    },
+    Read {
+        tx: Reply<u64>,
+    },
     Step(Box<Message>),
     Transfer(u64),
     Unreachable(u64),
-    SnapshotDone { to: u64, ok: bool },
-    Progress { tx: oneshot::Sender<Option<Progress>> },
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    Progress {
+        tx: oneshot::Sender<Option<Progress>>,
+    },
     Shutdown,
 }
 
@@ -502,7 +517,8 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             Msg::ConfChange { cc, tx } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = tx.send(Err(ProposeError::NoLeader));
-                } else if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+                } else if self.raw.raft.state == StateRole::Leader
+                    && self.raw.raft.has_pending_conf()
                 {
                     let _ = tx.send(Err(ProposeError::ConfChangePending));
                 } else {
@@ -588,7 +604,11 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             store.index = md.index;
             store.term = md.term;
             store.conf = self.conf.clone();
-            tracing::info!(index = md.index, term = md.term, "installed a snapshot from the leader");
+            tracing::info!(
+                index = md.index,
+                term = md.term,
+                "installed a snapshot from the leader"
+            );
         }
         if let Some(ss) = rd.ss()
             && ss.raft_state != StateRole::Leader

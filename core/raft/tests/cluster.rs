@@ -240,7 +240,10 @@ async fn members_join_as_learners_are_promoted_and_removed() {
     start(&net, 1, &[1]);
     leader_among(&net, &[1]).await;
     for i in 0..100u32 {
-        node(&net, 1).propose(i.to_be_bytes().to_vec()).await.unwrap();
+        node(&net, 1)
+            .propose(i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
     }
     // Node 2 joins: it starts empty and learns everything from the leader.
     node(&net, 1)

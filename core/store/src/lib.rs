@@ -137,11 +137,13 @@ impl Db {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A new directory may already hold the local socket, which
-                // the agent binds before opening its data.
+                // A new directory may already hold what the agent makes
+                // before opening its data: the local socket, the generated
+                // peer certificate (`fixtures`), the snapshot inbox.
                 for entry in std::fs::read_dir(dir).map_err(io)? {
                     let name = entry.map_err(io)?.file_name();
-                    if !name.to_string_lossy().ends_with(".sock") {
+                    let name = name.to_string_lossy();
+                    if !name.ends_with(".sock") && name != "fixtures" && name != "snap" {
                         return Err(StoreError::NotCairn(dir.to_path_buf()));
                     }
                 }

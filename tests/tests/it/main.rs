@@ -13,6 +13,7 @@
 //! CRASH_SEED=<seed printed by the failing run> cargo test -p cairn-tests crash
 //! ```
 
+mod cluster;
 mod config;
 mod crash;
 mod etcdctl;
