@@ -19,6 +19,8 @@ pub struct Member {
     pub log_path: PathBuf,
     /// Overrides the cluster's token (to test a mismatch).
     pub token: Option<String>,
+    /// Flags of this member only (its certificate, say).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -110,6 +112,7 @@ impl Cluster {
             client_port,
             peer_port,
             token: None,
+            extra_args: Vec::new(),
             child: None,
         });
         i
@@ -159,6 +162,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         a.extend(self.extra_args.iter().cloned());
+        a.extend(m.extra_args.iter().cloned());
         a
     }
 

@@ -91,28 +91,36 @@ async fn three_members_from_etcd_flags_serve_every_member() {
             ]
         );
     }
-    // Membership as etcdctl shows it: names, peer and client URLs.
-    let out = ok(&c.etcdctl(&["member", "list", "-w", "json"]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut listed: Vec<(String, String, String)> = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or("").to_string(),
-                m["peerURLs"][0].as_str().unwrap().to_string(),
-                m["clientURLs"][0].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    listed.sort();
+    // Membership as etcdctl shows it: names, peer and client URLs (each
+    // member publishes its own once it runs; poll until all have).
     let mut want: Vec<(String, String, String)> = c
         .members
         .iter()
         .map(|m| (m.name.clone(), m.peer_url(), m.client_url()))
         .collect();
     want.sort();
+    let mut listed = Vec::new();
+    for _ in 0..50 {
+        let out = ok(&c.etcdctl(&["member", "list", "-w", "json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        listed = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or("").to_string(),
+                    m["peerURLs"][0].as_str().unwrap().to_string(),
+                    m["clientURLs"][0].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect::<Vec<_>>();
+        listed.sort();
+        if listed == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(listed, want);
     // Status: one leader that every member names, one term.
     let out = ok(&c.etcdctl(&["endpoint", "status", "-w", "json"]));
@@ -516,4 +524,112 @@ async fn a_member_with_another_cluster_token_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(found, "{}\n{}\n{}", c.log(0), c.log(1), c.log(2));
+}
+
+/// A CA and certificates it signs for 127.0.0.1, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_path: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        let ca_path = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_path, cert.pem()).unwrap();
+        Pki {
+            issuer: rcgen::Issuer::new(params, key),
+            dir,
+            ca_path,
+        }
+    }
+
+    /// (cert file, key file) for one member.
+    fn member(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                .unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let c = self.dir.path().join(format!("{name}.pem"));
+        let k = self.dir.path().join(format!("{name}-key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    fn args(&self, name: &str) -> Vec<String> {
+        let (c, k) = self.member(name);
+        vec![
+            format!("--peer-cert-file={c}"),
+            format!("--peer-key-file={k}"),
+            format!("--peer-trusted-ca-file={}", self.ca_path.display()),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_certificates_from_the_ca_form_a_cluster_and_others_are_refused() {
+    if subject_kind() == Kind::Etcd {
+        return; // the refusal is checked in cairn's log
+    }
+    let pki = Pki::new("cluster");
+    let mut c = Cluster::prepare(Kind::Cairn, 3, &[]);
+    for i in 0..3 {
+        c.members[i].extra_args = pki.args(&c.members[i].name.clone());
+    }
+    for i in 0..3 {
+        c.spawn(i, "new");
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let mut cl = c.client(1).await;
+    cl.put("tls", "ok", None).await.unwrap();
+    // A member whose certificate another CA signed cannot join.
+    let rogue_ca = Pki::new("rogue");
+    let new = c.new_member();
+    let peer = c.members[new].peer_url();
+    let name = c.members[new].name.clone();
+    ok(&reconfigure(
+        &mut c,
+        &[
+            "member",
+            "add",
+            &name,
+            "--learner",
+            &format!("--peer-urls={peer}"),
+        ],
+    )
+    .await);
+    let mut args = rogue_ca.args(&name);
+    // It trusts the cluster's CA, so only the cluster can refuse it.
+    args[2] = format!("--peer-trusted-ca-file={}", pki.ca_path.display());
+    c.members[new].extra_args = args;
+    c.spawn(new, "existing");
+    assert!(
+        c.wait_exit(new, Duration::from_secs(30)).await,
+        "the rogue member kept running\n{}",
+        c.log(new)
+    );
+    assert!(
+        c.log(new).contains("cannot reach any member"),
+        "{}",
+        c.log(new)
+    );
+    let refused = (0..3).any(|i| c.log(i).contains("refused a peer connection"));
+    assert!(refused, "{}", c.log(0));
 }
