@@ -86,10 +86,7 @@ type MetaWrite = (Vec<u8>, Option<Vec<u8>>);
 fn member_change<S: ReadView>(snap: &S, op: &Op) -> Result<Vec<MetaWrite>, BackendError> {
     let load = |id: u64| -> Result<Option<Member>, BackendError> {
         snap.get(Table::Meta, &member_key(id))?
-            .map(|v| {
-                Member::decode(v.as_slice())
-                    .map_err(|e| corrupt("meta", &member_key(id), &e.to_string()))
-            })
+            .map(|v| Member::decode(v.as_slice()).map_err(|e| corrupt("meta", &member_key(id), e)))
             .transpose()
     };
     Ok(match op {
@@ -1239,7 +1236,7 @@ impl<B: Backend> Mvcc<B> {
         snap.scan(Table::Meta, META_MEMBER, end.as_deref(), false)
             .map(|r| {
                 let (k, v) = r?;
-                Member::decode(v.as_slice()).map_err(|e| corrupt("meta", &k, &e.to_string()))
+                Member::decode(v.as_slice()).map_err(|e| corrupt("meta", &k, e))
             })
             .collect()
     }
