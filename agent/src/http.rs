@@ -122,6 +122,30 @@ pub fn router(api: Api) -> Router {
                 })
             }),
         )
+        .route(
+            "/v3/cluster/member/add",
+            post(|s, b| {
+                unary(s, b, |a: Api, r: pb::MemberAddRequest| async move {
+                    a.member_add_req(r).await
+                })
+            }),
+        )
+        .route(
+            "/v3/cluster/member/remove",
+            post(|s, b| {
+                unary(s, b, |a: Api, r: pb::MemberRemoveRequest| async move {
+                    a.member_remove_req(r.id).await
+                })
+            }),
+        )
+        .route(
+            "/v3/cluster/member/update",
+            post(|s, b| {
+                unary(s, b, |a: Api, r: pb::MemberUpdateRequest| async move {
+                    a.member_update_req(r).await
+                })
+            }),
+        )
         .route("/v3/watch", post(watch))
         .with_state(api)
 }

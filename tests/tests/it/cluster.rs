@@ -59,6 +59,14 @@ async fn assert_same_state(c: &mut Cluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_from_etcd_flags_serve_every_member() {
     let mut c = Cluster::start(subject_kind(), 3, &[]).await;
+    // A watch on a follower sees writes made through every member.
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let mut wc = c.client(follower).await;
+    let mut events = wc
+        .watch("k", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     // A write through each member, read back through every member.
     for i in 0..3 {
         let mut cl = c.client(i).await;
@@ -91,6 +99,18 @@ async fn three_members_from_etcd_flags_serve_every_member() {
             ]
         );
     }
+    let mut watched = Vec::new();
+    while watched.len() < 3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("watch events on the follower")
+            .unwrap()
+            .expect("watch stream open");
+        for e in r.events() {
+            watched.push(e.kv().unwrap().key_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(watched, vec!["k0", "k1", "k2"]);
     // Membership as etcdctl shows it: names, peer and client URLs (each
     // member publishes its own once it runs; poll until all have).
     let mut want: Vec<(String, String, String)> = c
