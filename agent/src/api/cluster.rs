@@ -36,6 +36,24 @@ fn not_found() -> Status {
     Status::not_found("etcdserver: member not found")
 }
 
+/// Peer URLs for a member (`id`, 0 for a new one): well formed, and no
+/// other member's.
+fn check_peer_urls(urls: &[String], records: &[cairnpb::Member], id: u64) -> Result<(), Status> {
+    if urls.is_empty() || urls.iter().any(|u| crate::peer::host_port(u).is_none()) {
+        return Err(Status::invalid_argument(
+            "etcdserver: given member URLs are invalid",
+        ));
+    }
+    if records
+        .iter()
+        .filter(|m| m.id != id)
+        .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+    {
+        return Err(failed("etcdserver: Peer URLs already exists"));
+    }
+    Ok(())
+}
+
 /// A learner may be promoted once its log matches at least this share of
 /// the leader's (etcd's readyPercentThreshold).
 const PROMOTE_READY: f64 = 0.9;
@@ -94,23 +112,8 @@ impl Api {
     }
 
     pub async fn member_add_req(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
-        if req.peer_ur_ls.is_empty()
-            || req
-                .peer_ur_ls
-                .iter()
-                .any(|u| crate::peer::host_port(u).is_none())
-        {
-            return Err(Status::invalid_argument(
-                "etcdserver: given member URLs are invalid",
-            ));
-        }
         let records = self.records()?;
-        if records
-            .iter()
-            .any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)))
-        {
-            return Err(failed("etcdserver: Peer URLs already exists"));
-        }
+        check_peer_urls(&req.peer_ur_ls, &records, 0)?;
         if req.is_learner {
             let learners = records.iter().filter(|m| m.is_learner).count();
             if learners >= limits::MAX_LEARNERS {
@@ -195,23 +198,7 @@ impl Api {
         if !records.iter().any(|m| m.id == req.id) {
             return Err(not_found());
         }
-        if req.peer_ur_ls.is_empty()
-            || req
-                .peer_ur_ls
-                .iter()
-                .any(|u| crate::peer::host_port(u).is_none())
-        {
-            return Err(Status::invalid_argument(
-                "etcdserver: given member URLs are invalid",
-            ));
-        }
-        if records
-            .iter()
-            .filter(|m| m.id != req.id)
-            .any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)))
-        {
-            return Err(failed("etcdserver: Peer URLs already exists"));
-        }
+        check_peer_urls(&req.peer_ur_ls, &records, req.id)?;
         self.propose(Op::MemberPeerUrls(MemberPeerUrls {
             id: req.id,
             peer_urls: req.peer_ur_ls,
