@@ -111,6 +111,16 @@ async fn three_members_from_etcd_flags_serve_every_member() {
         }
     }
     assert_eq!(watched, vec!["k0", "k1", "k2"]);
+    // Leases through a follower: granted, renewed and timed by the leader.
+    let mut fc = c.client(follower).await;
+    let lease = fc.lease_grant(30, None).await.unwrap().id();
+    let (mut keeper, mut acks) = fc.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let ack = acks.message().await.unwrap().expect("keep-alive answer");
+    assert_eq!((ack.id(), ack.ttl()), (lease, 30));
+    let ttl = fc.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 20 && ttl.ttl() <= 30, "{}", ttl.ttl());
+    assert_eq!(ttl.granted_ttl(), 30);
     // Membership as etcdctl shows it: names, peer and client URLs (each
     // member publishes its own once it runs; poll until all have).
     let mut want: Vec<(String, String, String)> = c
@@ -174,6 +184,29 @@ async fn reconfigure(c: &mut Cluster, args: &[&str]) -> std::process::Output {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("etcdctl {args:?} kept failing: unhealthy cluster");
+}
+
+/// `etcdctl member add <name> --learner` for a new member of the layout
+/// (not started); returns its index and etcdctl's output.
+async fn add_learner(c: &mut Cluster) -> (usize, String) {
+    let new = c.new_member();
+    let peer = format!("--peer-urls={}", c.members[new].peer_url());
+    let name = c.members[new].name.clone();
+    let out = ok(&reconfigure(c, &["member", "add", &name, "--learner", &peer]).await);
+    (new, out)
+}
+
+/// `etcdctl` against member `i` only.
+fn etcdctl_at(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cairn_tests::ETCDCTL_BIN)
+        .env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints=127.0.0.1:{}",
+            c.members[i].client_port
+        ))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Acknowledged puts: key -> (value, revision).
@@ -331,20 +364,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_member_is_removed() {
     for n in 0..50 {
         cl.put(format!("pre/{n:02}"), "v", None).await.unwrap();
     }
-    let new = c.new_member();
-    let peer = c.members[new].peer_url();
-    let name = c.members[new].name.clone();
-    let out = ok(&reconfigure(
-        &mut c,
-        &[
-            "member",
-            "add",
-            &name,
-            "--learner",
-            &format!("--peer-urls={peer}"),
-        ],
-    )
-    .await);
+    let (new, out) = add_learner(&mut c).await;
     assert!(
         out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
         "{out}"
@@ -444,23 +464,14 @@ async fn leadership_moves_on_request_and_before_a_graceful_stop() {
     let leader = c.leader(Duration::from_secs(10)).await;
     let target = (leader + 1) % 3;
     let tid = format!("{:x}", c.member_id(target).await);
-    let ep = format!("--endpoints=127.0.0.1:{}", c.members[leader].client_port);
-    let out = std::process::Command::new(cairn_tests::ETCDCTL_BIN)
-        .env("ETCDCTL_API", "3")
-        .args([ep.as_str(), "move-leader", &tid])
-        .output()
-        .unwrap();
-    let text = ok(&out);
+    let text = ok(&etcdctl_at(&c, leader, &["move-leader", &tid]));
     assert!(text.contains("Leadership transferred"), "{text}");
     assert_eq!(c.leader(Duration::from_secs(5)).await, target);
-    // Asking a follower to move leadership is refused.
-    let ep = format!("--endpoints=127.0.0.1:{}", c.members[leader].client_port);
-    let out = std::process::Command::new(cairn_tests::ETCDCTL_BIN)
-        .env("ETCDCTL_API", "3")
-        .args([ep.as_str(), "move-leader", &tid])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    // A follower asked over gRPC refuses (etcdctl would not even send it).
+    let mut f = c.client(leader).await;
+    let r = f.move_leader(c.member_id(target).await).await;
+    let err = format!("{:?}", r.expect_err("a follower moved leadership"));
+    assert!(err.contains("not leader"), "{err}");
     // SIGTERM to the leader: it hands over before it stops.
     c.signal(target, "TERM");
     assert!(c.wait_exit(target, Duration::from_secs(10)).await);
@@ -621,20 +632,8 @@ async fn peers_with_certificates_from_the_ca_form_a_cluster_and_others_are_refus
     cl.put("tls", "ok", None).await.unwrap();
     // A member whose certificate another CA signed cannot join.
     let rogue_ca = Pki::new("rogue");
-    let new = c.new_member();
-    let peer = c.members[new].peer_url();
+    let (new, _) = add_learner(&mut c).await;
     let name = c.members[new].name.clone();
-    ok(&reconfigure(
-        &mut c,
-        &[
-            "member",
-            "add",
-            &name,
-            "--learner",
-            &format!("--peer-urls={peer}"),
-        ],
-    )
-    .await);
     let mut args = rogue_ca.args(&name);
     // It trusts the cluster's CA, so only the cluster can refuse it.
     args[2] = format!("--peer-trusted-ca-file={}", pki.ca_path.display());
