@@ -34,6 +34,9 @@ pub struct Config {
     pub enable_v2: bool,
     pub peer_tls: crate::peer::tls::PeerTls,
     pub strict_reconfig_check: bool,
+    /// `--experimental-lease-checkpoint-interval` unless
+    /// `--experimental-enable-lease-checkpoint=false`.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +107,7 @@ const VALUE_FLAGS: &[&str] = &[
     "peer-cert-file",
     "peer-key-file",
     "peer-trusted-ca-file",
+    "experimental-lease-checkpoint-interval",
 ];
 /// Boolean flags.
 const BOOL_FLAGS: &[&str] = &[
@@ -113,6 +117,7 @@ const BOOL_FLAGS: &[&str] = &[
     "peer-client-cert-auth",
     "peer-auto-tls",
     "strict-reconfig-check",
+    "experimental-enable-lease-checkpoint",
 ];
 
 impl Config {
@@ -266,6 +271,25 @@ impl Config {
                 auto_tls: boolean(s, "peer-auto-tls", false)?,
             },
             strict_reconfig_check: boolean(s, "strict-reconfig-check", true)?,
+            // On by default (etcd: off): a leader change must not give
+            // leases their full TTL back.
+            lease_checkpoint_interval: match boolean(
+                s,
+                "experimental-enable-lease-checkpoint",
+                true,
+            )? {
+                false => None,
+                true => Some(match get("experimental-lease-checkpoint-interval") {
+                    Some(v) => go_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        invalid(
+                            "--experimental-lease-checkpoint-interval",
+                            v,
+                            "not a positive duration like 5m or 10s",
+                        )
+                    })?,
+                    None => Duration::from_secs(300),
+                }),
+            },
             data_dir,
             name,
         })

@@ -32,6 +32,8 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 pub const COMPACTION_STEP: usize = 10_000;
 /// Lease revocations proposed per expiry pass (etcd: 1000/s).
 pub const LEASE_REVOKES_PER_PASS: usize = 500;
+/// Leases per checkpoint entry (etcd: maxLeaseCheckpointBatchSize).
+pub const LEASE_CHECKPOINTS_PER_ENTRY: usize = 1000;
 /// How often expired leases are looked for.
 pub const LEASE_EXPIRY_CHECK_MS: u64 = 500;
 /// Concurrent client connections per listener.

@@ -129,6 +129,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         initial_cluster: cfg.initial_cluster.clone(),
         join_existing: cfg.initial_cluster_state == ClusterState::Existing,
         strict_reconfig_check: cfg.strict_reconfig_check,
+        lease_checkpoint_interval: cfg.lease_checkpoint_interval,
     };
     let server = Server::start(settings, peers.clone()).await?;
     let api = Api(server.clone());
@@ -161,20 +162,42 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(serve::serve_unix(api.clone(), l, stopped(stop_rx.clone())));
     }
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
+    if let Some(every) = cfg.lease_checkpoint_interval {
+        tokio::spawn(api::lease::checkpoint_loop(
+            api.clone(),
+            every,
+            stop_rx.clone(),
+        ));
+    }
     tokio::spawn(cairn_agent::server::on_leadership(server.clone()));
     tokio::spawn(cairn_agent::server::publish_attributes(server.clone()));
 
     // The raft node stops itself when its log cannot be written; the
     // process must not go on serving stale reads.
+    // A member learns it was removed from its own log, or, when it was down
+    // then, from the other members refusing it.
     let mut node_status = server.node.subscribe();
+    let mut refused = peers.removed_from_cluster();
     let fatal = async move {
-        match node_status
-            .wait_for(|s| s.fatal.is_some() || s.removed)
-            .await
-        {
-            Ok(s) if s.removed => None,
-            Ok(s) => Some(s.fatal.clone().unwrap_or_default()),
-            Err(_) => std::future::pending().await,
+        let from_log = async {
+            match node_status
+                .wait_for(|s| s.fatal.is_some() || s.removed)
+                .await
+            {
+                Ok(s) if s.removed => None,
+                Ok(s) => Some(s.fatal.clone().unwrap_or_default()),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let from_peers = async {
+            match refused.wait_for(|r| *r).await {
+                Ok(_) => None,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = from_log => r,
+            r = from_peers => r,
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -191,6 +214,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");
+    if cfg.lease_checkpoint_interval.is_some() && api.is_leader() {
+        // The next leader starts leases from what is recorded now.
+        if let Err(e) = api::lease::checkpoint_leases(&api, 1).await {
+            tracing::warn!(error = %e, "lease checkpoint before stopping failed");
+        }
+    }
     cairn_agent::server::hand_over_leadership(&server).await;
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };

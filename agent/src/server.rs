@@ -41,6 +41,8 @@ pub struct NodeSettings {
     /// `--initial-cluster-state existing`: join a running cluster.
     pub join_existing: bool,
     pub strict_reconfig_check: bool,
+    /// How often the leader checkpoints leases' remaining TTLs (None: never).
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// The etcd API version cairn speaks; reported by Status and /version.
@@ -85,6 +87,12 @@ pub enum StartError {
     Identity { dir: String, msg: String },
     #[error("{0}")]
     Join(String),
+    #[error(
+        "this member ({0:x}) was removed from the cluster; to bring this host back, \
+         `etcdctl member add` it again and start it on an empty --data-dir with \
+         --initial-cluster-state existing"
+    )]
+    Removed(u64),
 }
 
 /// Key of the agent record naming a snapshot file whose restore began and
@@ -123,6 +131,13 @@ impl Server {
         peers.set_member_id(identity.member_id);
         peers.set_cluster_id(identity.cluster_id);
         peers.set_addresses(known.into_iter().map(|m| (m.id, m.peer_urls)));
+        let removed = mvcc
+            .removed_members()
+            .map_err(cairn_mvcc::MvccError::from)?;
+        if removed.contains(&identity.member_id) {
+            return Err(StartError::Removed(identity.member_id));
+        }
+        peers.set_removed(removed);
 
         let clock = Clock(Instant::now());
         let mut lessor = Lessor::new();
@@ -439,9 +454,9 @@ fn finish_interrupted_restore(db: &Db, mvcc: &Mvcc<FjallBackend>) -> Result<(), 
     Ok(())
 }
 
-/// On becoming leader, lease deadlines restart from their full TTL (etcd's
-/// lessor promotion): renewals went to the old leader, so the deadlines
-/// this member kept are stale.
+/// On becoming leader, lease deadlines restart from their checkpointed
+/// remaining TTL, or their full TTL (etcd's lessor promotion): renewals went
+/// to the old leader, so the deadlines this member kept are stale.
 pub async fn on_leadership(server: Arc<Server>) {
     let mut st = server.node.subscribe();
     let mut leading = false;
@@ -586,11 +601,13 @@ struct Applier {
 impl Applier {
     /// Tells the transport where members are, after the records changed.
     fn refresh_peers(&self) {
-        match self.mvcc.members() {
-            Ok(ms) => self
-                .peers
-                .set_addresses(ms.into_iter().map(|m| (m.id, m.peer_urls))),
-            Err(e) => fatal(format!("reading the membership failed: {e}")),
+        match (self.mvcc.members(), self.mvcc.removed_members()) {
+            (Ok(ms), Ok(removed)) => {
+                self.peers
+                    .set_addresses(ms.into_iter().map(|m| (m.id, m.peer_urls)));
+                self.peers.set_removed(removed);
+            }
+            (Err(e), _) | (_, Err(e)) => fatal(format!("reading the membership failed: {e}")),
         }
     }
 
@@ -635,6 +652,12 @@ impl StateMachine for Applier {
             }
             for &id in &applied.leases_revoked {
                 lessor.revoke(id);
+            }
+        }
+        if !applied.leases_checkpointed.is_empty() {
+            let mut lessor = self.lessor.lock().expect("lessor lock");
+            for &(id, remaining) in &applied.leases_checkpointed {
+                lessor.checkpointed(id, remaining);
             }
         }
         if let Some(rev) = applied.compacted {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::relay::UdpRelay;
 use crate::{ETCDCTL_BIN, Kind, bin_for, free_port};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +22,9 @@ pub struct Member {
     pub token: Option<String>,
     /// Flags of this member only (its certificate, say).
     pub extra_args: Vec<String>,
+    /// Where the member really listens for peers when a relay stands in
+    /// front of it (`peer_port` is then the relay's).
+    pub listen_peer_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -30,6 +34,12 @@ impl Member {
     }
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    fn listen_peer_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.listen_peer_port.unwrap_or(self.peer_port)
+        )
     }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -48,6 +58,7 @@ pub struct Cluster {
     pub token: String,
     pub members: Vec<Member>,
     extra_args: Vec<String>,
+    relays: Vec<UdpRelay>,
 }
 
 impl Cluster {
@@ -81,6 +92,7 @@ impl Cluster {
             token,
             members: Vec::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            relays: Vec::new(),
         };
         for _ in 0..n {
             c.new_member();
@@ -113,9 +125,38 @@ impl Cluster {
             peer_port,
             token: None,
             extra_args: Vec::new(),
+            listen_peer_port: None,
             child: None,
         });
         i
+    }
+
+    /// Puts a UDP relay in front of every member's peer port (before they
+    /// start): members advertise the relay, so [`Cluster::isolate`] can cut
+    /// one off. QUIC (cairn) only; see `relay.rs`.
+    pub fn relay_peers(&mut self) {
+        assert!(self.relays.is_empty(), "relays already set up");
+        for m in &mut self.members {
+            let relay = UdpRelay::start(([127, 0, 0, 1], m.peer_port).into());
+            m.listen_peer_port = Some(m.peer_port);
+            m.peer_port = relay.addr().port();
+            self.relays.push(relay);
+        }
+    }
+
+    /// Cuts member `i`'s peer traffic both ways (`cut`), or restores it.
+    pub fn isolate(&self, i: usize, cut: bool) {
+        let real = |j: usize| -> std::net::SocketAddr {
+            let port = self.members[j].listen_peer_port.expect("relay_peers first");
+            ([127, 0, 0, 1], port).into()
+        };
+        for (j, relay) in self.relays.iter().enumerate() {
+            if j == i {
+                relay.cut(cut);
+            } else {
+                relay.block(real(i), cut);
+            }
+        }
     }
 
     /// `name=peer-url,...` of the members `0..upto`.
@@ -142,7 +183,7 @@ impl Cluster {
             "--initial-advertise-peer-urls",
             &m.peer_url(),
             "--listen-peer-urls",
-            &m.peer_url(),
+            &m.listen_peer_url(),
             "--listen-client-urls",
             &m.client_url(),
             "--advertise-client-urls",

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod cluster;
+pub mod relay;
 
 /// Where Debian installs the reference server and client.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";

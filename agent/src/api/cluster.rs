@@ -90,28 +90,69 @@ impl Api {
         Ok(())
     }
 
-    /// With `--strict-reconfig-check`: refuse a change after which the
-    /// voters this leader hears from would not be a quorum.
-    async fn check_quorum_after(&self, voters_after: &[u64]) -> Result<(), Status> {
+    /// etcd's `--strict-reconfig-check` rules, on the leader (only it knows
+    /// which voters it hears from). Adding a voter needs every voter
+    /// connected (a learner too); removing one needs a quorum of the rest
+    /// connected, unless the member removed is itself down.
+    /// `adding`: `Some(is_voter)` for MemberAdd, `None` for removing `removed`.
+    async fn check_reconfig(&self, adding: Option<bool>, removed: u64) -> Result<(), Status> {
         if !self.settings.strict_reconfig_check {
             return Ok(());
         }
         let Some(p) = self.node.progress().await.map_err(status::propose)? else {
-            return Ok(()); // only the leader knows who is active
+            return Err(Status::unavailable("etcdserver: leader changed"));
         };
-        let active = voters_after
-            .iter()
-            .filter(|id| **id == p.leader || p.active.contains(id))
-            .count();
-        if active < voters_after.len() / 2 + 1 {
-            return Err(failed(
-                "etcdserver: re-configuration failed due to not enough started members",
-            ));
+        let voters = self.node.status().voters;
+        let records = self.records()?;
+        let started = |id: &u64| records.iter().any(|m| m.id == *id && !m.name.is_empty());
+        let active = |id: &u64| *id == p.leader || p.active.contains(id);
+        let not_started =
+            || failed("etcdserver: re-configuration failed due to not enough started members");
+        let unhealthy = || Status::unavailable("etcdserver: unhealthy cluster");
+        if let Some(voter) = adding {
+            let members = voters.len() + 1;
+            if voter && voters.iter().filter(|v| started(v)).count() < members / 2 + 1 {
+                return Err(not_started());
+            }
+            if !voters.iter().all(active) {
+                return Err(unhealthy());
+            }
+            return Ok(());
+        }
+        let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != removed).collect();
+        if rest.iter().filter(|v| started(v)).count() < rest.len() / 2 + 1 || rest.is_empty() {
+            return Err(not_started());
+        }
+        if removed != p.leader && !p.active.contains(&removed) {
+            return Ok(()); // a member that is down is not part of the quorum
+        }
+        let connected = voters.iter().filter(|v| active(v)).count();
+        if connected.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+            return Err(unhealthy());
         }
         Ok(())
     }
 
+    /// MemberAdd from any member: the leader checks and proposes it.
     pub async fn member_add_req(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        let resp = self.on_leader(Req::MemberAdd(req)).await?;
+        let mut out = resp.member_add.unwrap_or_default();
+        out.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(out)
+    }
+
+    /// MemberRemove from any member, as MemberAdd.
+    pub async fn member_remove_req(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
+        let resp = self.on_leader(Req::MemberRemove(id)).await?;
+        let mut out = resp.member_remove.unwrap_or_default();
+        out.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(out)
+    }
+
+    pub(super) async fn member_add_here(
+        &self,
+        req: MemberAddRequest,
+    ) -> Result<MemberAddResponse, Status> {
         let records = self.records()?;
         check_peer_urls(&req.peer_ur_ls, &records, 0)?;
         if req.is_learner {
@@ -119,11 +160,8 @@ impl Api {
             if learners >= limits::MAX_LEARNERS {
                 return Err(failed("etcdserver: too many learner members in cluster"));
             }
-        } else {
-            let mut after: Vec<u64> = self.node.status().voters;
-            after.push(0); // the new member, not started yet
-            self.check_quorum_after(&after).await?;
         }
+        self.check_reconfig(Some(!req.is_learner), 0).await?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -159,25 +197,13 @@ impl Api {
         })
     }
 
-    pub async fn member_remove_req(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
+    pub(super) async fn member_remove_here(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
         let records = self.records()?;
         let Some(m) = records.iter().find(|m| m.id == id) else {
             return Err(not_found());
         };
         if !m.is_learner {
-            let after: Vec<u64> = self
-                .node
-                .status()
-                .voters
-                .into_iter()
-                .filter(|v| *v != id)
-                .collect();
-            if after.is_empty() {
-                return Err(failed(
-                    "etcdserver: re-configuration failed due to not enough started members",
-                ));
-            }
-            self.check_quorum_after(&after).await?;
+            self.check_reconfig(None, id).await?;
         }
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::RemoveNode);

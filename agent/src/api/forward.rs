@@ -2,7 +2,8 @@
 //!
 //! Writes need nothing here: raft itself carries a follower's proposal to
 //! the leader, and the follower answers its client once it has applied the
-//! entry. Lease renewals, a lease's remaining TTL and the promotion check
+//! entry. Lease renewals, a lease's remaining TTL, membership changes (the
+//! strict reconfiguration check) and the promotion check
 //! depend on the leader's memory (its lease deadlines, its view of each
 //! member's log), so a follower sends those requests to the leader over the
 //! peer transport, as etcd's followers forward LeaseKeepAlive over HTTP.
@@ -76,6 +77,14 @@ impl Api {
             }
             Req::MemberPromote(id) => self.member_promote_here(id).await.map(|r| PeerResponse {
                 member_promote: Some(r),
+                ..Default::default()
+            }),
+            Req::MemberAdd(r) => self.member_add_here(r).await.map(|r| PeerResponse {
+                member_add: Some(r),
+                ..Default::default()
+            }),
+            Req::MemberRemove(id) => self.member_remove_here(id).await.map(|r| PeerResponse {
+                member_remove: Some(r),
                 ..Default::default()
             }),
         };

@@ -12,9 +12,10 @@ use cairn_proto::cairnpb::command::Op;
 use cairn_proto::cairnpb::peer_request::Req;
 use cairn_proto::etcdserverpb::lease_server::Lease;
 use cairn_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -169,12 +170,23 @@ impl Api {
     ) -> Result<LeaseKeepAliveResponse, Status> {
         // A renewal must not outlive a revocation committed before it.
         self.linearizable_barrier().await?;
-        let ttl = self
-            .lessor
-            .lock()
-            .expect("lessor lock")
-            .renew(id, self.clock.now_ms())
-            .unwrap_or(0); // etcd: an unknown lease renews to TTL 0
+        let (ttl, reset) = {
+            let mut lessor = self.lessor.lock().expect("lessor lock");
+            // etcd: an unknown lease renews to TTL 0
+            let ttl = lessor.renew(id, self.clock.now_ms()).unwrap_or(0);
+            (ttl, ttl > 0 && lessor.has_checkpoint(id))
+        };
+        if reset {
+            // The store records a remaining TTL from before this renewal: a
+            // new leader would start the lease from it and cut it short.
+            self.propose(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: vec![LeaseCheckpoint {
+                    id,
+                    remaining_ttl: 0,
+                }],
+            }))
+            .await?;
+        }
         Ok(LeaseKeepAliveResponse {
             header: Some(self.header(self.mvcc.current_revision())),
             id,
@@ -239,6 +251,60 @@ impl Lease for Api {
         _r: Request<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
         Api::lease_leases(self).await.map(GrpcResponse::new)
+    }
+}
+
+/// Records, through the log, the remaining TTL of the leases that drifted at
+/// least `drift_s` seconds from what the store holds (etcd's lease
+/// checkpoints), so that a new leader starts them from there. Leader only.
+pub async fn checkpoint_leases(api: &Api, drift_s: i64) -> Result<usize, Status> {
+    let mut done = 0;
+    loop {
+        let due = api.lessor.lock().expect("lessor lock").checkpoints_due(
+            api.clock.now_ms(),
+            drift_s,
+            limits::LEASE_CHECKPOINTS_PER_ENTRY,
+        );
+        if due.is_empty() {
+            return Ok(done);
+        }
+        let n = due.len();
+        api.propose(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+            checkpoints: due
+                .into_iter()
+                .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        }))
+        .await?;
+        done += n;
+        if n < limits::LEASE_CHECKPOINTS_PER_ENTRY {
+            return Ok(done);
+        }
+    }
+}
+
+/// Checkpoints drifted leases every `interval` while this member leads.
+pub async fn checkpoint_loop(
+    api: Api,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Half the interval, so an idle lease is recorded at every tick: the
+    // TTL a new leader starts from is at most one interval too long.
+    let drift = (interval.as_secs() as i64 / 2).max(1);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !api.is_leader() {
+            continue;
+        }
+        if let Err(e) = checkpoint_leases(&api, drift).await {
+            tracing::debug!(error = %e, "lease checkpoint failed");
+        }
     }
 }
 

@@ -150,6 +150,11 @@ impl Maintenance for Api {
             ));
         }
         if target != st.id {
+            if self.settings.lease_checkpoint_interval.is_some()
+                && let Err(e) = super::lease::checkpoint_leases(self, 1).await
+            {
+                tracing::warn!(error = %e, "lease checkpoint before moving leadership failed");
+            }
             let election = std::time::Duration::from_millis(self.settings.election_ms);
             self.node
                 .transfer_leader(target, election * 2)

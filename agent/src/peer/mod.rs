@@ -42,6 +42,8 @@ const KIND_SNAPSHOT: u8 = b'S';
 const KIND_REQUEST: u8 = b'Q';
 /// Stream error code: the hello names another cluster or member.
 const REFUSED: u32 = 1;
+/// Stream error code: the sender was removed from the cluster.
+const REMOVED: u32 = 3;
 /// Largest frame accepted (a raft append is bounded by max_size_per_msg
 /// plus one request of at most --max-request-bytes).
 const MAX_FRAME: usize = 64 << 20;
@@ -66,7 +68,7 @@ pub struct Peers {
     cluster_id: AtomicU64,
     endpoint: quinn::Endpoint,
     book: RwLock<HashMap<u64, Vec<String>>>,
-    conns: tokio::sync::Mutex<HashMap<u64, quinn::Connection>>,
+    conns: Arc<tokio::sync::Mutex<HashMap<u64, quinn::Connection>>>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
     node: OnceLock<Node<Applied>>,
     handler: OnceLock<Arc<dyn RequestHandler>>,
@@ -75,6 +77,10 @@ pub struct Peers {
     rt: tokio::runtime::Handle,
     /// Last time a connection failure to each member was logged.
     complained: Mutex<HashMap<u64, Instant>>,
+    /// Members removed from the cluster: their streams are refused.
+    removed: RwLock<std::collections::HashSet<u64>>,
+    /// Set when another member refused us as removed.
+    we_are_removed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +174,7 @@ impl Peers {
             cluster_id: AtomicU64::new(cluster_id),
             endpoint,
             book: RwLock::new(HashMap::new()),
-            conns: tokio::sync::Mutex::new(HashMap::new()),
+            conns: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             queues: Mutex::new(HashMap::new()),
             node: OnceLock::new(),
             handler: OnceLock::new(),
@@ -176,6 +182,8 @@ impl Peers {
             snap_dir,
             rt: tokio::runtime::Handle::current(),
             complained: Mutex::new(HashMap::new()),
+            removed: RwLock::new(Default::default()),
+            we_are_removed: tokio::sync::watch::channel(false).0,
         }))
     }
 
@@ -200,10 +208,43 @@ impl Peers {
     }
 
     /// Where each member listens (from the membership records).
+    /// A member whose URLs changed (MemberUpdate) loses its connection, so
+    /// that the next message dials the new address.
     pub fn set_addresses(&self, members: impl IntoIterator<Item = (u64, Vec<String>)>) {
         let mut book = self.book.write().expect("book lock");
-        book.clear();
-        book.extend(members);
+        let members: HashMap<u64, Vec<String>> = members.into_iter().collect();
+        let moved: Vec<u64> = members
+            .iter()
+            .filter(|(id, urls)| book.get(id).is_some_and(|old| old != *urls))
+            .map(|(id, _)| *id)
+            .collect();
+        *book = members;
+        drop(book);
+        if !moved.is_empty() {
+            let conns = self.conns.clone();
+            self.rt.spawn(async move {
+                let mut conns = conns.lock().await;
+                for id in moved {
+                    if let Some(c) = conns.remove(&id) {
+                        c.close(0u32.into(), b"peer URLs changed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// The members removed from the cluster (from the store).
+    pub fn set_removed(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut removed = self.removed.write().expect("removed lock");
+        removed.clear();
+        removed.extend(ids);
+    }
+
+    /// Becomes true when a member refuses this one as removed from the
+    /// cluster (a removed member that was down when it was removed, or that
+    /// restarted, learns it this way).
+    pub fn removed_from_cluster(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.we_are_removed.subscribe()
     }
 
     pub fn attach(
@@ -345,6 +386,14 @@ impl Peers {
                 }
                 if let Err(e) = s.write_all(&buf).await {
                     let e = match s.stopped().await {
+                        Ok(Some(code)) if code.into_inner() == REMOVED as u64 => {
+                            tracing::warn!(
+                                "member {to:x} refused our raft messages: this member was \
+                                 removed from the cluster"
+                            );
+                            self.we_are_removed.send_replace(true);
+                            return;
+                        }
                         Ok(Some(code)) if code.into_inner() == REFUSED as u64 => format!(
                             "member {to:x} refused our raft messages (different cluster ID or \
                              member ID; check --initial-cluster-token and --initial-cluster): {e}"
@@ -527,6 +576,13 @@ impl Peers {
             );
             tracing::error!("{msg}");
             let _ = r.stop(REFUSED.into());
+            return Err(msg);
+        }
+        if self.removed.read().expect("removed lock").contains(&from) {
+            let msg =
+                format!("refused a stream from member {from:x}: it was removed from the cluster");
+            tracing::warn!("{msg}");
+            let _ = r.stop(REMOVED.into());
             return Err(msg);
         }
         Ok((kind, from))

@@ -1,6 +1,8 @@
 //! Lease deadlines. A lease's existence, TTL and keys are replicated state in
 //! the store; when it expires is local, volatile knowledge kept here, as in
-//! etcd's lessor. After a restart every lease gets its full TTL again.
+//! etcd's lessor. The leader checkpoints remaining TTLs through the log
+//! (etcd's lease checkpoints); a new leader starts each lease from its
+//! checkpointed remaining TTL, or from its full TTL when it has none.
 use std::collections::HashMap;
 
 use crate::LeaseInfo;
@@ -21,6 +23,8 @@ pub fn min_lease_ttl(election_ms: u64, heartbeat_ms: u64) -> i64 {
 struct Deadline {
     ttl: i64,
     at_ms: u64,
+    /// The remaining TTL recorded in the store (0: none, the full TTL).
+    checkpointed: i64,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +43,7 @@ impl Lessor {
             Deadline {
                 ttl,
                 at_ms: deadline(now_ms, ttl),
+                checkpointed: 0,
             },
         );
     }
@@ -77,11 +82,60 @@ impl Lessor {
         due.into_iter().take(max).map(|(_, id)| id).collect()
     }
 
-    /// Re-arms every stored lease with its full TTL.
+    /// Re-arms every stored lease from its checkpointed remaining TTL, or
+    /// its full TTL when it has none.
     pub fn restore(&mut self, leases: &[LeaseInfo], now_ms: u64) {
         for l in leases {
-            self.grant(l.id, l.ttl, now_ms);
+            let from = if l.remaining_ttl > 0 {
+                l.remaining_ttl.min(l.ttl)
+            } else {
+                l.ttl
+            };
+            self.leases.insert(
+                l.id,
+                Deadline {
+                    ttl: l.ttl,
+                    at_ms: deadline(now_ms, from),
+                    checkpointed: l.remaining_ttl,
+                },
+            );
         }
+    }
+
+    /// A checkpoint was applied: the store now records `remaining`.
+    pub fn checkpointed(&mut self, id: i64, remaining: i64) {
+        if let Some(d) = self.leases.get_mut(&id) {
+            d.checkpointed = remaining;
+        }
+    }
+
+    /// True when the store records a remaining TTL for the lease: after a
+    /// renewal it must be reset, or a new leader would cut the lease short.
+    pub fn has_checkpoint(&self, id: i64) -> bool {
+        self.leases.get(&id).is_some_and(|d| d.checkpointed > 0)
+    }
+
+    /// Leases whose remaining TTL fell at least `drift_s` seconds below what
+    /// the store records (the full TTL when it records none), with their
+    /// remaining TTL: what a leader checkpoints. At most `max`.
+    pub fn checkpoints_due(&self, now_ms: u64, drift_s: i64, max: usize) -> Vec<(i64, i64)> {
+        let mut due: Vec<(i64, i64)> = self
+            .leases
+            .iter()
+            .filter_map(|(id, d)| {
+                let remaining = (d.at_ms.saturating_sub(now_ms) / 1000) as i64;
+                let recorded = if d.checkpointed > 0 {
+                    d.checkpointed
+                } else {
+                    d.ttl
+                };
+                (remaining > 0 && recorded - remaining >= drift_s.max(1))
+                    .then_some((*id, remaining))
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(max);
+        due
     }
 }
 
@@ -114,5 +168,40 @@ mod tests {
         l.revoke(8);
         assert_eq!(l.expired(20_000, 10), vec![7]);
         assert_eq!(l.remaining(99, 0), None);
+    }
+
+    #[test]
+    fn checkpoints_are_due_once_a_lease_drifted_and_restore_uses_them() {
+        let mut l = Lessor::new();
+        l.grant(1, 60, 0);
+        l.grant(2, 60, 0);
+        assert!(l.checkpoints_due(4_000, 5, 10).is_empty());
+        l.renew(2, 5_000);
+        // Lease 1 has 54 s left, 6 below its full TTL; lease 2 was renewed.
+        assert_eq!(l.checkpoints_due(6_000, 5, 10), vec![(1, 54)]);
+        l.checkpointed(1, 54);
+        assert!(l.has_checkpoint(1) && !l.has_checkpoint(2));
+        assert!(l.checkpoints_due(8_000, 5, 10).is_empty());
+        assert_eq!(l.checkpoints_due(11_000, 5, 10), vec![(1, 49), (2, 54)]);
+        // A new leader starts from the checkpoint, or the full TTL.
+        let mut n = Lessor::new();
+        n.restore(
+            &[
+                LeaseInfo {
+                    id: 1,
+                    ttl: 60,
+                    remaining_ttl: 54,
+                },
+                LeaseInfo {
+                    id: 2,
+                    ttl: 60,
+                    remaining_ttl: 0,
+                },
+            ],
+            100_000,
+        );
+        assert_eq!(n.remaining(1, 100_000), Some(54));
+        assert_eq!(n.remaining(2, 100_000), Some(60));
+        assert!(n.has_checkpoint(1));
     }
 }

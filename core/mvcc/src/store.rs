@@ -16,9 +16,9 @@ use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::response_op::Response as OpResponse;
 use cairn_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use cairn_proto::mvccpb::event::EventType;
 use cairn_proto::mvccpb::{Event, KeyValue};
@@ -42,6 +42,8 @@ pub struct Applied {
     pub leases_granted: Vec<(i64, i64)>,
     /// Leases revoked by this command.
     pub leases_revoked: Vec<i64>,
+    /// Remaining TTLs the leader recorded: (id, seconds; 0 = the full TTL).
+    pub leases_checkpointed: Vec<(i64, i64)>,
     /// Set when this command logically compacted the store to this revision.
     pub compacted: Option<i64>,
 }
@@ -54,6 +56,7 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
     /// A membership record changed (no revision).
     Member,
 }
@@ -63,6 +66,9 @@ pub struct LeaseInfo {
     pub id: i64,
     /// granted TTL in seconds
     pub ttl: i64,
+    /// The remaining TTL the leader last checkpointed (seconds; 0: none,
+    /// the lease starts from its full TTL under a new leader).
+    pub remaining_ttl: i64,
 }
 
 const META_CURRENT: &[u8] = b"current_revision";
@@ -71,6 +77,16 @@ const META_APPLIED: &[u8] = b"applied_index";
 const META_PHYSICAL: &[u8] = b"physically_compacted";
 /// Membership records: `member/` + BE(id) -> `cairnpb.Member`.
 const META_MEMBER: &[u8] = b"member/";
+
+/// Members removed from the cluster: `removed/` + BE(id) -> empty. Kept so
+/// that a removed member that comes back is refused (its ID never returns).
+const META_REMOVED: &[u8] = b"removed/";
+
+fn removed_key(id: u64) -> Vec<u8> {
+    let mut k = META_REMOVED.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
 
 fn member_key(id: u64) -> Vec<u8> {
     let mut k = META_MEMBER.to_vec();
@@ -91,7 +107,10 @@ fn member_change<S: ReadView>(snap: &S, op: &Op) -> Result<Vec<MetaWrite>, Backe
     };
     Ok(match op {
         Op::MemberSet(m) => vec![(member_key(m.id), Some(m.encode_to_vec()))],
-        Op::MemberRemove(id) => vec![(member_key(*id), None)],
+        Op::MemberRemove(id) => vec![
+            (member_key(*id), None),
+            (removed_key(*id), Some(Vec::new())),
+        ],
         Op::MemberAttributes(a) => match load(a.id)? {
             Some(mut m) => {
                 m.name = a.name.clone();
@@ -480,6 +499,7 @@ struct Txn<'a, S: ReadView> {
     lease_ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     leases_granted: Vec<(i64, i64)>,
     leases_revoked: Vec<i64>,
+    leases_checkpointed: Vec<(i64, i64)>,
     compacted: Option<i64>,
 }
 
@@ -494,6 +514,7 @@ impl<'a, S: ReadView> Txn<'a, S> {
             lease_ops: BTreeMap::new(),
             leases_granted: Vec::new(),
             leases_revoked: Vec::new(),
+            leases_checkpointed: Vec::new(),
             compacted: None,
         }
     }
@@ -746,13 +767,36 @@ impl<'a, S: ReadView> Txn<'a, S> {
             return Err(MvccError::LeaseExists);
         }
         self.lease_ops
-            .insert(keys::lease_key(g.id), Some(g.ttl.to_be_bytes().to_vec()));
+            .insert(keys::lease_key(g.id), Some(encode_lease(g.ttl, 0)));
         self.leases_granted.push((g.id, g.ttl));
         Ok(LeaseGrantResponse {
             header: rev_header(self.begin),
             id: g.id,
             ttl: g.ttl,
             error: String::new(),
+        })
+    }
+
+    /// Records remaining TTLs of leases that still exist (etcd's lease
+    /// checkpoint). No revision: only lease records change.
+    fn lease_checkpoint(
+        &mut self,
+        c: &LeaseCheckpointRequest,
+    ) -> Result<LeaseCheckpointResponse, MvccError> {
+        for cp in &c.checkpoints {
+            let Some(v) = self.snap.get(Table::Lease, &keys::lease_key(cp.id))? else {
+                continue; // revoked meanwhile
+            };
+            let lease = decode_ttl(cp.id, &v)?;
+            let remaining = cp.remaining_ttl.clamp(0, lease.ttl);
+            self.lease_ops.insert(
+                keys::lease_key(cp.id),
+                Some(encode_lease(lease.ttl, remaining)),
+            );
+            self.leases_checkpointed.push((cp.id, remaining));
+        }
+        Ok(LeaseCheckpointResponse {
+            header: rev_header(self.begin),
         })
     }
 
@@ -818,6 +862,7 @@ impl<'a, S: ReadView> Txn<'a, S> {
             events: self.events,
             leases_granted: self.leases_granted,
             leases_revoked: self.leases_revoked,
+            leases_checkpointed: self.leases_checkpointed,
             compacted: self.compacted,
         }
     }
@@ -828,6 +873,7 @@ struct TxnOutcome {
     events: Vec<Event>,
     leases_granted: Vec<(i64, i64)>,
     leases_revoked: Vec<i64>,
+    leases_checkpointed: Vec<(i64, i64)>,
     compacted: Option<i64>,
 }
 
@@ -952,6 +998,7 @@ impl<B: Backend> Mvcc<B> {
             Some(Op::Compaction(c)) => txn.compaction(c).map(Response::Compaction),
             Some(Op::LeaseGrant(g)) => txn.lease_grant(g).map(Response::LeaseGrant),
             Some(Op::LeaseRevoke(r)) => txn.lease_revoke(r).map(Response::LeaseRevoke),
+            Some(Op::LeaseCheckpoint(c)) => txn.lease_checkpoint(c).map(Response::LeaseCheckpoint),
             Some(
                 Op::MemberSet(_)
                 | Op::MemberRemove(_)
@@ -993,6 +1040,7 @@ impl<B: Backend> Mvcc<B> {
             events: outcome.events,
             leases_granted: outcome.leases_granted,
             leases_revoked: outcome.leases_revoked,
+            leases_checkpointed: outcome.leases_checkpointed,
             compacted: outcome.compacted,
         })
     }
@@ -1241,6 +1289,21 @@ impl<B: Backend> Mvcc<B> {
             .collect()
     }
 
+    /// The IDs of the members removed from the cluster.
+    pub fn removed_members(&self) -> Result<Vec<u64>, BackendError> {
+        let snap = self.backend.snapshot();
+        let end = keys::prefix_end(META_REMOVED);
+        snap.scan(Table::Meta, META_REMOVED, end.as_deref(), false)
+            .map(|r| {
+                let (k, _) = r?;
+                k[META_REMOVED.len()..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("meta", &k, "removed member key is not 8 bytes"))
+            })
+            .collect()
+    }
+
     /// Replaces the whole store by the content of a snapshot stream (the
     /// format of [`Mvcc::snapshot_chunks`]). Not atomic: the caller keeps
     /// the stream until this returns and redoes the restore after a crash.
@@ -1331,14 +1394,34 @@ impl<B: Backend> Mvcc<B> {
     }
 }
 
+/// A lease record: BE(ttl), then BE(remaining TTL) once checkpointed.
+fn encode_lease(ttl: i64, remaining: i64) -> Vec<u8> {
+    let mut v = ttl.to_be_bytes().to_vec();
+    if remaining > 0 {
+        v.extend_from_slice(&remaining.to_be_bytes());
+    }
+    v
+}
+
 fn decode_ttl(id: i64, v: &[u8]) -> Result<LeaseInfo, BackendError> {
-    let b: [u8; 8] = v
-        .try_into()
-        .map_err(|_| corrupt("lease", &id.to_be_bytes(), "ttl is not 8 bytes"))?;
-    Ok(LeaseInfo {
-        id,
-        ttl: i64::from_be_bytes(b),
-    })
+    let field = |b: &[u8]| i64::from_be_bytes(b.try_into().expect("8 bytes"));
+    match v.len() {
+        8 => Ok(LeaseInfo {
+            id,
+            ttl: field(v),
+            remaining_ttl: 0,
+        }),
+        16 => Ok(LeaseInfo {
+            id,
+            ttl: field(&v[..8]),
+            remaining_ttl: field(&v[8..]),
+        }),
+        n => Err(corrupt(
+            "lease",
+            &id.to_be_bytes(),
+            format!("record of {n} bytes (expected 8 or 16)"),
+        )),
+    }
 }
 
 /// Iterator over a snapshot's chunks; see [`Mvcc::snapshot_chunks`].

@@ -361,3 +361,86 @@ fn many_versions_of_one_key_read_at_every_revision() {
         }
     }
 }
+
+#[test]
+fn membership_records_and_removed_members() {
+    use cairn_proto::cairnpb::{Member, MemberPeerUrls};
+    let m = Mvcc::open(MemBackend::default()).unwrap();
+    let mut idx = 0;
+    for id in [1u64, 2, 3] {
+        apply(
+            &m,
+            &mut idx,
+            Op::MemberSet(Member {
+                id,
+                peer_urls: vec![format!("http://127.0.0.1:{id}")],
+                ..Default::default()
+            }),
+        );
+    }
+    apply(
+        &m,
+        &mut idx,
+        Op::MemberPeerUrls(MemberPeerUrls {
+            id: 2,
+            peer_urls: vec!["http://localhost:2".into()],
+        }),
+    );
+    apply(&m, &mut idx, Op::MemberRemove(3));
+    let members: Vec<(u64, Vec<String>)> = m
+        .members()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.peer_urls))
+        .collect();
+    assert_eq!(
+        members,
+        vec![
+            (1, vec!["http://127.0.0.1:1".to_string()]),
+            (2, vec!["http://localhost:2".to_string()])
+        ]
+    );
+    assert_eq!(m.removed_members().unwrap(), vec![3]);
+    // Updating a removed member's URLs changes nothing.
+    apply(
+        &m,
+        &mut idx,
+        Op::MemberPeerUrls(MemberPeerUrls {
+            id: 3,
+            peer_urls: vec!["http://x:3".into()],
+        }),
+    );
+    assert_eq!(m.members().unwrap().len(), 2);
+}
+
+#[test]
+fn lease_checkpoints_record_remaining_ttl_without_a_revision() {
+    use cairn_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+    let m = Mvcc::open(MemBackend::default()).unwrap();
+    let mut idx = 0;
+    apply(
+        &m,
+        &mut idx,
+        Op::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 }),
+    );
+    let rev = m.current_revision();
+    let checkpoint = |cps: &[(i64, i64)]| {
+        Op::LeaseCheckpoint(LeaseCheckpointRequest {
+            checkpoints: cps
+                .iter()
+                .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        })
+    };
+    // Unknown leases are skipped; a remaining TTL is capped at the TTL.
+    let a = apply(&m, &mut idx, checkpoint(&[(7, 40), (8, 10)]));
+    assert_eq!(a.leases_checkpointed, vec![(7, 40)]);
+    assert_eq!(m.current_revision(), rev);
+    let l = m.lease(7).unwrap().unwrap();
+    assert_eq!((l.ttl, l.remaining_ttl), (60, 40));
+    apply(&m, &mut idx, checkpoint(&[(7, 600)]));
+    assert_eq!(m.leases().unwrap()[0].remaining_ttl, 60);
+    // 0: back to the full TTL (a renewal).
+    apply(&m, &mut idx, checkpoint(&[(7, 0)]));
+    assert_eq!(m.lease(7).unwrap().unwrap().remaining_ttl, 0);
+}

@@ -167,6 +167,7 @@ impl<O: Send + 'static> Node<O> {
             transport,
             campaign_now,
             was_member: conf.voters.contains(&cfg.id) || conf.learners.contains(&cfg.id),
+            last_heard: HashMap::new(),
             conf,
             rx,
             status: status_tx,
@@ -378,6 +379,8 @@ struct Driver<S: LogStore, M: StateMachine, T> {
     /// The configuration as of the last applied entry.
     conf: ConfState,
     was_member: bool,
+    /// When a message from each member last arrived.
+    last_heard: HashMap<u64, Instant>,
     campaign_now: bool,
     rx: Receiver<Msg<M::Output>>,
     status: watch::Sender<NodeStatus>,
@@ -535,6 +538,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 }
             }
             Msg::Step(m) => {
+                self.last_heard.insert(m.from, Instant::now());
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
@@ -554,12 +558,21 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 let p = (r.state == StateRole::Leader).then(|| Progress {
                     leader: r.id,
                     matched: r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect(),
-                    active: r
-                        .prs()
-                        .iter()
-                        .filter(|(_, pr)| pr.recent_active)
-                        .map(|(id, _)| *id)
-                        .collect(),
+                    // Heard from within an election timeout. (raft's own
+                    // recent_active is cleared every election timeout and
+                    // reads false until the next answer arrives.)
+                    active: {
+                        let window = self.cfg.heartbeat_interval * self.cfg.election_ticks as u32;
+                        r.prs()
+                            .iter()
+                            .map(|(id, _)| *id)
+                            .filter(|id| {
+                                self.last_heard
+                                    .get(id)
+                                    .is_some_and(|t| t.elapsed() <= window)
+                            })
+                            .collect()
+                    },
                 });
                 let _ = tx.send(p);
             }

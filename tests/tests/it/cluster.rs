@@ -652,3 +652,295 @@ async fn peers_with_certificates_from_the_ca_form_a_cluster_and_others_are_refus
     let refused = (0..3).any(|i| c.log(i).contains("refused a peer connection"));
     assert!(refused, "{}", c.log(0));
 }
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Peer URLs of each member, as `member list` shows them.
+fn peer_urls(c: &mut Cluster) -> HashMap<String, Vec<String>> {
+    let out = ok(&c.etcdctl(&["member", "list", "-w", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["peerURLs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moves_to_a_new_peer_url_and_reconfiguration_keeps_quorum() {
+    let mut c = Cluster::start(subject_kind(), 3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let fid = format!("{:x}", c.member_id(f).await);
+    let oid = format!("{:x}", c.member_id(other).await);
+    // MemberUpdate refuses another member's URL and an unknown member.
+    let taken = format!("--peer-urls={}", c.members[other].peer_url());
+    let out = reconfigure(&mut c, &["member", "update", &fid, &taken]).await;
+    assert!(
+        stderr(&out).contains("Peer URLs already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.etcdctl(&["member", "update", "1234", "--peer-urls=http://127.0.0.1:9"]);
+    assert!(
+        stderr(&out).contains("member not found"),
+        "{}",
+        stderr(&out)
+    );
+    // Move member f: update its URL, restart it listening there. The others
+    // reach it only through the updated record.
+    let mut port = cairn_tests::free_port();
+    while c
+        .members
+        .iter()
+        .any(|m| m.peer_port == port || m.client_port == port)
+    {
+        port = cairn_tests::free_port();
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    ok(&reconfigure(
+        &mut c,
+        &["member", "update", &fid, &format!("--peer-urls={url}")],
+    )
+    .await);
+    let name = c.members[f].name.clone();
+    assert_eq!(peer_urls(&mut c)[&name], vec![url.clone()]);
+    c.kill9(f);
+    c.members[f].peer_port = port;
+    c.spawn(f, "new");
+    c.wait_ready(f).await;
+    let mut lc = c.client(leader).await;
+    lc.put("after-move", "ok", None).await.unwrap();
+    let mut fc = c.client(f).await;
+    let mut seen = false;
+    for _ in 0..100 {
+        let r = fc
+            .get("after-move", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        if r.count() == 1 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "the moved member does not receive new writes\n{}",
+        c.log(f)
+    );
+    assert_same_state(&mut c).await;
+
+    // --strict-reconfig-check (on by default): with `other` down, removing
+    // the healthy follower or adding a voter would leave no quorum of
+    // members that run.
+    c.kill9(other);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = c.etcdctl(&["member", "remove", &fid]);
+    assert!(!out.status.success(), "removed a member the quorum needs");
+    assert!(
+        stderr(&out).contains("unhealthy cluster"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.etcdctl(&["member", "add", "infra9", "--peer-urls=http://127.0.0.1:9"]);
+    assert!(!out.status.success(), "added a voter with a member down");
+    assert!(
+        stderr(&out).contains("unhealthy cluster"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(peer_urls(&mut c).len(), 3);
+    // The member that is down may be removed.
+    ok(&reconfigure(&mut c, &["member", "remove", &oid]).await);
+    assert_eq!(peer_urls(&mut c).len(), 2);
+    let mut lc = c.client(leader).await;
+    lc.put("after-remove", "ok", None).await.unwrap();
+    // Started again, the removed member learns from the others that it was
+    // removed, and stops.
+    c.spawn(other, "new");
+    assert!(
+        c.wait_exit(other, Duration::from_secs(30)).await,
+        "the removed member keeps running\n{}",
+        c.log(other)
+    );
+    if c.kind == Kind::Cairn {
+        assert!(
+            c.log(other).contains("removed from the cluster"),
+            "{}",
+            c.log(other)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(subject_kind(), 3, &[]).await;
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let tasks = write_load(&c, &acks, "r", stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One member after the other: a graceful stop (the leader hands over),
+    // a start on the same data directory, ready before the next goes.
+    let mut before = acks.lock().unwrap().len();
+    for i in 0..3 {
+        c.signal(i, "TERM");
+        assert!(
+            c.wait_exit(i, Duration::from_secs(15)).await,
+            "{} did not stop\n{}",
+            c.members[i].name,
+            c.log(i)
+        );
+        c.spawn(i, "new");
+        c.wait_ready(i).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = acks.lock().unwrap().len();
+        assert!(
+            now > before,
+            "no write acknowledged while {} restarted",
+            c.members[i].name
+        );
+        before = now;
+    }
+    stop.notify_waiters();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    for i in 0..3 {
+        check_acks(&c, i, &acks).await;
+    }
+    assert_same_state(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
+    if subject_kind() == Kind::Etcd {
+        return; // the relay cuts QUIC (UDP) peer traffic; etcd's is TCP
+    }
+    let mut c = Cluster::prepare(Kind::Cairn, 3, &[]);
+    c.relay_peers();
+    for i in 0..3 {
+        c.spawn(i, "new");
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let old = c.leader(Duration::from_secs(10)).await;
+    let old_id = c.member_id(old).await;
+    let mut oc = c.client(old).await;
+    oc.put("before", "1", None).await.unwrap();
+    c.isolate(old, true);
+    // The majority elects a leader of its own and takes writes.
+    let majority: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let mut mc = c.client(majority[0]).await;
+    let mut elected = false;
+    for _ in 0..100 {
+        let leader = mc.status().await.unwrap().leader();
+        if leader != 0 && leader != old_id {
+            elected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        elected,
+        "the majority elected no leader\n{}",
+        c.log(majority[0])
+    );
+    let mut written = false;
+    for _ in 0..50 {
+        if mc.put("majority", "2", None).await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "the majority refuses writes");
+    // The cut-off member refuses writes and linearizable reads, but still
+    // serves its own replica to serializable reads.
+    let r = tokio::time::timeout(Duration::from_secs(10), oc.put("minority", "x", None)).await;
+    assert!(!matches!(r, Ok(Ok(_))), "the minority accepted a write");
+    let r = tokio::time::timeout(Duration::from_secs(10), oc.get("before", None)).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the minority served a linearizable read"
+    );
+    let r = oc
+        .get("before", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
+    let st = oc.status().await.unwrap();
+    assert_ne!(st.leader(), old_id, "the old leader still leads");
+    // Healed: one leader, the old one follows, and it sees the majority's
+    // write.
+    c.isolate(old, false);
+    c.leader(Duration::from_secs(20)).await;
+    let mut seen = false;
+    for _ in 0..100 {
+        if let Ok(r) = oc.get("majority", None).await
+            && r.count() == 1
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "the healed member does not see the majority's write\n{}",
+        c.log(old)
+    );
+    assert_same_state(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_keep_their_remaining_ttl_across_a_leader_change() {
+    if subject_kind() == Kind::Etcd {
+        // etcd 3.4 checkpoints at most every 5 minutes (and only with
+        // --experimental-enable-lease-checkpoint): a new leader gives every
+        // lease its full TTL back, which is what this case refuses.
+        return;
+    }
+    let args = ["--experimental-lease-checkpoint-interval", "1s"];
+    let mut c = Cluster::start(Kind::Cairn, 3, &args).await;
+    let first = c.leader(Duration::from_secs(10)).await;
+    let mut fc = c.client(first).await;
+    let lease = fc.lease_grant(60, None).await.unwrap().id();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.kill9(first);
+    let second = c.leader(Duration::from_secs(10)).await;
+    let mut sc = c.client(second).await;
+    let ttl = sc.lease_time_to_live(lease, None).await.unwrap().ttl();
+    // 54 s were left when the leader died; checkpoints are 1 s apart.
+    assert!(
+        (45..=56).contains(&ttl),
+        "a new leader restarted the lease at {ttl} s"
+    );
+    c.spawn(first, "new");
+    c.wait_ready(first).await;
+    // A renewal resets what was recorded: the next leader must not start
+    // the lease from the old checkpoint.
+    let (mut keeper, mut acks) = sc.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let ack = acks.message().await.unwrap().expect("keep-alive answer");
+    assert_eq!(ack.ttl(), 60);
+    c.kill9(second);
+    let third = c.leader(Duration::from_secs(10)).await;
+    let mut tc = c.client(third).await;
+    let ttl = tc.lease_time_to_live(lease, None).await.unwrap().ttl();
+    assert!(ttl >= 55, "the renewed lease came back with {ttl} s");
+}
