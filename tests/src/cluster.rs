@@ -59,6 +59,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     extra_args: Vec<String>,
     relays: Vec<UdpRelay>,
+    /// The server binary, when not the default for `kind` (benchmarks).
+    pub bin: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             members: Vec::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             relays: Vec::new(),
+            bin: None,
         };
         for _ in 0..n {
             c.new_member();
@@ -217,7 +220,8 @@ impl Cluster {
             .append(true)
             .open(&m.log_path)
             .expect("open member log");
-        let child = Command::new(bin_for(self.kind))
+        let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
+        let child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("dup")))

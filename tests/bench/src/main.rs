@@ -25,6 +25,9 @@
 //! cairn-bench compare --only etcd
 //! # the real memory figure of the design targets:
 //! cairn-bench compare --workloads memory --mem-puts 1000000
+//! # 3-member clusters on loopback (etcd's flags for both; clients spread
+//! # over the members' endpoints as etcd's benchmark does with --endpoints):
+//! cairn-bench compare --members 3 --workloads put-1,put-100,range-l,range-s,watch
 //! # one workload against a server that is already running:
 //! cairn-bench run --endpoints http://127.0.0.1:2379 put-100 [--pid PID for memory]
 //! ```
@@ -96,6 +99,9 @@ enum Cmd {
         /// Run only one of them: `etcd` or `cairn`.
         #[arg(long)]
         only: Option<String>,
+        /// Members per cluster: 1, or 3 for a replicated cluster on loopback.
+        #[arg(long, default_value_t = 1)]
+        members: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -139,9 +145,19 @@ async fn main() -> Result<()> {
             cairn_bin,
             etcd_bin,
             only,
+            members,
             load,
         } => {
             let workloads = parse_workloads(&load.workloads)?;
+            if members != 1 && members != 3 {
+                bail!("--members takes 1 or 3, not {members}");
+            }
+            if members > 1 && workloads.iter().any(|w| w == "memory") {
+                bail!("the memory workload measures one member; run it without --members");
+            }
+            println!(
+                "# members per cluster: {members} (loopback); clients spread over their endpoints"
+            );
             let want = |kind: &str| only.as_deref().is_none_or(|o| o == kind);
             if let Some(o) = &only
                 && o != "etcd"
@@ -154,10 +170,10 @@ async fn main() -> Result<()> {
             let mut etcd = Vec::new();
             let mut cairn = Vec::new();
             if want("etcd") {
-                etcd = run_subject(Kind::Etcd, etcd_bin, &workloads, &load).await?;
+                etcd = run_subject(Kind::Etcd, etcd_bin, &workloads, &load, members).await?;
             }
             if let Some(bin) = cairn_bin {
-                cairn = run_subject(Kind::Cairn, bin, &workloads, &load).await?;
+                cairn = run_subject(Kind::Cairn, bin, &workloads, &load, members).await?;
             }
             print_table("etcd", &workloads, &etcd, &cairn, &load);
         }
@@ -181,7 +197,8 @@ async fn main() -> Result<()> {
                     };
                     memory(&endpoints, pid, &load).await?
                 } else {
-                    run_workload(w, &endpoints, &load).await?
+                    let eps: Vec<String> = endpoints.split(',').map(str::to_string).collect();
+                    run_workload(w, &eps, &load).await?
                 };
                 results.push(Some(m));
             }
@@ -207,7 +224,26 @@ async fn run_subject(
     bin: PathBuf,
     workloads: &[String],
     load: &Load,
+    members: usize,
 ) -> Result<Vec<Option<Measure>>> {
+    if members > 1 {
+        eprintln!("{kind:?} ({}): starting {members} members", bin.display());
+        let mut cluster = cairn_tests::cluster::Cluster::prepare(kind, members, &[]);
+        cluster.bin = Some(bin);
+        for i in 0..members {
+            cluster.spawn(i, "new");
+        }
+        for i in 0..members {
+            cluster.wait_ready(i).await;
+        }
+        let endpoints: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
+        let mut results = Vec::new();
+        for w in workloads {
+            eprintln!("{kind:?} x{members}: {w}");
+            results.push(Some(run_workload(w, &endpoints, load).await?));
+        }
+        return Ok(results);
+    }
     let options = SubjectOptions {
         bin: Some(bin.clone()),
         ..SubjectOptions::new(kind)
@@ -227,14 +263,14 @@ async fn run_subject(
                 subject = Some(Subject::start_with(options.clone()).await);
             }
             let s = subject.as_ref().unwrap();
-            run_workload(w, &s.endpoint(), load).await?
+            run_workload(w, &[s.endpoint()], load).await?
         };
         results.push(Some(m));
     }
     Ok(results)
 }
 
-async fn run_workload(name: &str, endpoint: &str, load: &Load) -> Result<Measure> {
+async fn run_workload(name: &str, endpoint: &[String], load: &Load) -> Result<Measure> {
     let stats = match name {
         "put-1" => put_load(endpoint, 1, 1, load.total_single).await?,
         "put-100" => put_load(endpoint, load.clients, load.conns, load.total).await?,
@@ -246,9 +282,11 @@ async fn run_workload(name: &str, endpoint: &str, load: &Load) -> Result<Measure
     Ok(Measure::Load(stats))
 }
 
-async fn connect(endpoint: &str, conns: usize) -> Result<Vec<Client>> {
+/// `conns` connections, each to one endpoint, round-robin over them.
+async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Client>> {
     let mut clients = Vec::new();
-    for _ in 0..conns.max(1) {
+    for i in 0..conns.max(1) {
+        let endpoint = &endpoints[i % endpoints.len()];
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30));
@@ -325,7 +363,7 @@ fn key(n: u64) -> Vec<u8> {
     format!("{n:0width$}", width = KEY_SIZE).into_bytes()
 }
 
-async fn put_load(endpoint: &str, clients: usize, conns: usize, total: u64) -> Result<Stats> {
+async fn put_load(endpoint: &[String], clients: usize, conns: usize, total: u64) -> Result<Stats> {
     let conns = connect(endpoint, conns).await?;
     let value = Arc::new(vec![b'v'; VALUE_SIZE]);
     closed_loop(conns, clients, total, move |mut c, n| {
@@ -338,7 +376,7 @@ async fn put_load(endpoint: &str, clients: usize, conns: usize, total: u64) -> R
     .await
 }
 
-async fn range_load(endpoint: &str, load: &Load, serializable: bool) -> Result<Stats> {
+async fn range_load(endpoint: &[String], load: &Load, serializable: bool) -> Result<Stats> {
     let conns = connect(endpoint, load.conns).await?;
     conns[0]
         .clone()
@@ -363,7 +401,7 @@ async fn range_load(endpoint: &str, load: &Load, serializable: bool) -> Result<S
 
 /// Put-to-event latency: each put's send time against the moment every
 /// watcher sees its event.
-async fn watch_latency(endpoint: &str, load: &Load) -> Result<Stats> {
+async fn watch_latency(endpoint: &[String], load: &Load) -> Result<Stats> {
     let streams = load.conns.clamp(1, load.watchers.max(1));
     let conns = connect(endpoint, streams).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(i64, Instant)>();
@@ -455,7 +493,7 @@ async fn watch_latency(endpoint: &str, load: &Load) -> Result<Stats> {
 async fn memory(endpoint: &str, pid: u32, load: &Load) -> Result<Measure> {
     let idle = rss_bytes(pid).context("read VmRSS")?;
     // Distinct keys so every put adds a key: 1 M keys need 7 digits.
-    let conns = connect(endpoint, load.conns).await?;
+    let conns = connect(&[endpoint.to_string()], load.conns).await?;
     let value = Arc::new(vec![b'm'; VALUE_SIZE]);
     closed_loop(conns, load.clients, load.mem_puts, move |mut c, n| {
         let value = value.clone();
