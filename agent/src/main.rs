@@ -112,7 +112,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "peer traffic is encrypted with a generated certificate; members are not authenticated (give --peer-trusted-ca-file to authenticate them)"
         );
     }
-    let peers = Peers::bind(peer_addr, tls, 0, 0, cfg.data_dir.join("snap"))?;
+    let peers = Peers::bind(
+        peer_addr,
+        tls,
+        0,
+        0,
+        cfg.data_dir.join("snap"),
+        cfg.quota_backend_bytes.saturating_mul(2),
+    )?;
 
     let settings = NodeSettings {
         name: cfg.name.clone(),

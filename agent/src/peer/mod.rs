@@ -79,6 +79,9 @@ pub struct Peers {
     complained: Mutex<HashMap<u64, Instant>>,
     /// Members removed from the cluster: their streams are refused.
     removed: RwLock<std::collections::HashSet<u64>>,
+    /// A received snapshot larger than this is refused (and its file
+    /// removed): a bound on what a peer can make this member write.
+    max_snapshot_bytes: u64,
     /// Set when another member refused us as removed.
     we_are_removed: tokio::sync::watch::Sender<bool>,
 }
@@ -147,6 +150,7 @@ impl Peers {
         member_id: u64,
         cluster_id: u64,
         snap_dir: PathBuf,
+        max_snapshot_bytes: u64,
     ) -> anyhow::Result<Arc<Peers>> {
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -169,6 +173,12 @@ impl Peers {
             .map_err(|e| anyhow::anyhow!("listen udp {addr} (--listen-peer-urls): {e}"))?;
         endpoint.set_default_client_config(client);
         std::fs::create_dir_all(&snap_dir)?;
+        // A snapshot whose receipt a crash cut short is of no use.
+        for e in std::fs::read_dir(&snap_dir)?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(Arc::new(Peers {
             member_id: AtomicU64::new(member_id),
             cluster_id: AtomicU64::new(cluster_id),
@@ -183,6 +193,7 @@ impl Peers {
             rt: tokio::runtime::Handle::current(),
             complained: Mutex::new(HashMap::new()),
             removed: RwLock::new(Default::default()),
+            max_snapshot_bytes,
             we_are_removed: tokio::sync::watch::channel(false).0,
         }))
     }
@@ -636,6 +647,21 @@ impl Peers {
     /// Writes a snapshot's content to a file, synced, and returns its
     /// message with the file's path as the snapshot data.
     async fn receive_snapshot(&self, r: &mut quinn::RecvStream) -> Result<Message, String> {
+        let mut part = None;
+        let out = self.receive_snapshot_into(r, &mut part).await;
+        if out.is_err()
+            && let Some(p) = part
+        {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        out
+    }
+
+    async fn receive_snapshot_into(
+        &self,
+        r: &mut quinn::RecvStream,
+        part_path: &mut Option<PathBuf>,
+    ) -> Result<Message, String> {
         let body = read_frame(r).await?.ok_or("no snapshot message")?;
         let mut msg = Message::parse_from_bytes(&body).map_err(|e| e.to_string())?;
         if msg.get_msg_type() != MessageType::MsgSnapshot {
@@ -644,6 +670,7 @@ impl Peers {
         let index = msg.get_snapshot().get_metadata().index;
         let part = self.snap_dir.join(format!("{index:016x}.part"));
         let done = self.snap_dir.join(format!("{index:016x}.snap"));
+        *part_path = Some(part.clone());
         let mut f = tokio::fs::File::create(&part)
             .await
             .map_err(|e| format!("{}: {e}", part.display()))?;
@@ -654,6 +681,12 @@ impl Peers {
                 .await
                 .map_err(|e| format!("{}: {e}", part.display()))?;
             bytes += n as u64;
+            if bytes > self.max_snapshot_bytes {
+                return Err(format!(
+                    "the snapshot is larger than {} bytes (twice --quota-backend-bytes); refused",
+                    self.max_snapshot_bytes
+                ));
+            }
         }
         f.sync_all()
             .await

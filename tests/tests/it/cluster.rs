@@ -946,3 +946,39 @@ async fn leases_keep_their_remaining_ttl_across_a_leader_change() {
     let ttl = tc.lease_time_to_live(lease, None).await.unwrap().ttl();
     assert!(ttl >= 55, "the renewed lease came back with {ttl} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_quota_allows_is_refused() {
+    if subject_kind() == Kind::Etcd {
+        return; // the refusal is checked in cairn's log
+    }
+    let mut c = Cluster::prepare(Kind::Cairn, 3, &["--snapshot-count", "100"]);
+    // Member 2 accepts snapshots of at most 2 x 64 KiB.
+    c.members[2].extra_args = vec!["--quota-backend-bytes".into(), "65536".into()];
+    for i in 0..3 {
+        c.spawn(i, "new");
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    c.kill9(2);
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let mut cl = c.client(leader).await;
+    for n in 0..400 {
+        cl.put(format!("big/{n:04}"), "x".repeat(1024), None)
+            .await
+            .unwrap();
+    }
+    c.spawn(2, "new");
+    let mut refused = false;
+    for _ in 0..100 {
+        if c.log(2).contains("larger than 131072 bytes") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "{}", c.log(2));
+    // The others go on.
+    cl.put("after", "ok", None).await.unwrap();
+}
