@@ -21,6 +21,9 @@ use crate::{
 
 /// Most queued requests taken in one turn of the loop.
 const MAX_BATCH: usize = 4096;
+/// How long a ReadIndex request may go unanswered before it is sent again
+/// (etcd: readIndexRetryTime).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
@@ -389,7 +392,8 @@ struct Driver<S: LogStore, M: StateMachine, T> {
     next_id: u64,
     waiters: HashMap<u64, Reply<M::Output>>,
     reads_unsent: Vec<Reply<u64>>,
-    reads_in_flight: HashMap<u64, Vec<Reply<u64>>>,
+    /// ReadIndex requests sent, by request id: when, and who waits.
+    reads_in_flight: HashMap<u64, (Instant, Vec<Reply<u64>>)>,
     reads_waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
 }
 
@@ -443,7 +447,24 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 let id = self.take_id();
                 self.raw.read_index(self.context(id));
                 self.reads_in_flight
-                    .insert(id, std::mem::take(&mut self.reads_unsent));
+                    .insert(id, (now, std::mem::take(&mut self.reads_unsent)));
+            }
+            // A ReadIndex request or its answer can be lost (a connection
+            // to the leader that broke, a leader that dropped it): raft does
+            // not resend it, so ask again, as etcd's read loop does.
+            if can_read {
+                let stale: Vec<u64> = self
+                    .reads_in_flight
+                    .iter()
+                    .filter(|(_, (at, _))| now.duration_since(*at) >= READ_INDEX_RETRY)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in stale {
+                    let (_, waiters) = self.reads_in_flight.remove(&old).expect("listed");
+                    let id = self.take_id();
+                    self.raw.read_index(self.context(id));
+                    self.reads_in_flight.insert(id, (now, waiters));
+                }
             }
             if let Err(e) = self.on_ready() {
                 break Err(e);
@@ -627,7 +648,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             && ss.raft_state != StateRole::Leader
         {
             // Reads in flight were for a leadership this node no longer has.
-            for (_, waiters) in self.reads_in_flight.drain() {
+            for (_, (_, waiters)) in self.reads_in_flight.drain() {
                 for w in waiters {
                     let _ = w.send(Err(ProposeError::LeaderChanged));
                 }
@@ -646,7 +667,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
             if let Some(id) = self.id_of(&rs.request_ctx)
-                && let Some(waiters) = self.reads_in_flight.remove(&id)
+                && let Some((_, waiters)) = self.reads_in_flight.remove(&id)
             {
                 self.reads_waiting_apply.push((rs.index, waiters));
             }
@@ -800,7 +821,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         let reads = self
             .reads_unsent
             .drain(..)
-            .chain(self.reads_in_flight.drain().flat_map(|(_, w)| w))
+            .chain(self.reads_in_flight.drain().flat_map(|(_, (_, w))| w))
             .chain(self.reads_waiting_apply.drain(..).flat_map(|(_, w)| w));
         for w in reads.collect::<Vec<_>>() {
             let _ = w.send(Err(e.clone()));

@@ -81,6 +81,8 @@ struct Net {
     nodes: Arc<Mutex<HashMap<u64, Node<usize>>>>,
     sms: Arc<Mutex<HashMap<u64, Recorder>>>,
     cut: Arc<Mutex<HashSet<u64>>>,
+    /// How many more ReadIndex requests to lose.
+    lose_reads: Arc<Mutex<u32>>,
 }
 
 struct Link(Net);
@@ -94,6 +96,13 @@ impl Transport for Link {
                 continue;
             }
             drop(cut);
+            if m.get_msg_type() == MessageType::MsgReadIndex {
+                let mut lose = net.lose_reads.lock().unwrap();
+                if *lose > 0 {
+                    *lose -= 1;
+                    continue;
+                }
+            }
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 let content = net.sms.lock().unwrap()[&m.from].encode();
                 m.mut_snapshot().data = content.into();
@@ -293,4 +302,23 @@ async fn members_join_as_learners_are_promoted_and_removed() {
     for id in [1, 2, 3] {
         node(&net, id).shutdown();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_read_index_request_is_sent_again() {
+    let net = Net::default();
+    let ids = [1, 2, 3];
+    for id in ids {
+        start(&net, id, &ids);
+    }
+    let leader = leader_among(&net, &ids).await;
+    node(&net, leader).propose(b"x".to_vec()).await.unwrap();
+    let follower = ids.into_iter().find(|i| *i != leader).unwrap();
+    // The follower's request to the leader is lost twice; the read must
+    // still complete (without the retry it fails with Timeout once the
+    // request timeout passes).
+    *net.lose_reads.lock().unwrap() = 2;
+    let index = node(&net, follower).read_index().await.unwrap();
+    assert!(index >= 1);
+    assert_eq!(*net.lose_reads.lock().unwrap(), 0, "no request was lost");
 }
