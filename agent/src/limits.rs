@@ -36,6 +36,13 @@ pub const LEASE_REVOKES_PER_PASS: usize = 500;
 pub const LEASE_CHECKPOINTS_PER_ENTRY: usize = 1000;
 /// How often expired leases are looked for.
 pub const LEASE_EXPIRY_CHECK_MS: u64 = 500;
+/// Bytes of one HTTP/2 header block (HEADERS and CONTINUATION frames)
+/// that the client-port connection wrapper holds while it looks at
+/// `:authority` (`serve/authority.rs`); a larger block closes the connection.
+pub const CLIENT_HEADER_BLOCK_BYTES_MAX: usize = 1024 * 1024;
+/// Decoded bytes of one such header block (names, values and HPACK's 32 per
+/// field), so that references to the dynamic table cannot inflate it.
+pub const CLIENT_HEADER_LIST_BYTES_MAX: usize = 1024 * 1024;
 /// Concurrent client connections per listener.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Raft messages queued towards one peer; beyond it they are dropped and

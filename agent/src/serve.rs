@@ -1,5 +1,9 @@
 //! Listeners: the etcd API (gRPC and plain HTTP on the same port, h2c and
-//! HTTP/1.1) on every client URL and on the local Unix socket.
+//! HTTP/1.1) on every client URL and on the local Unix socket. Every
+//! accepted connection is read through `authority::AuthorityRewriter`,
+//! which repairs etcdctl 3.4's malformed HTTP/2 `:authority`.
+mod authority;
+
 use std::future::Future;
 use std::path::Path;
 
@@ -14,6 +18,7 @@ use tonic::service::Routes;
 
 use crate::api::Api;
 use crate::limits;
+use authority::AuthorityRewriter;
 
 /// Every route of the client port: gRPC services first, HTTP after.
 pub fn routes(api: &Api) -> Routes {
@@ -126,10 +131,11 @@ pub async fn serve_tcp(
     // it on every accepted connection, or small replies wait for the peer's
     // delayed ACK (40 ms).
     let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|c| {
+        conn.map(|c| {
             if let Err(e) = c.set_nodelay(true) {
                 tracing::debug!(error = %e, "setting TCP_NODELAY failed");
             }
+            AuthorityRewriter::new(c)
         })
     });
     server()
@@ -144,9 +150,11 @@ pub async fn serve_unix(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewriter::new));
     server()
         .add_routes(routes(&api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the local socket")
 }
