@@ -153,7 +153,9 @@ async fn three_members_from_etcd_flags_serve_every_member() {
     }
     assert_eq!(listed, want);
     // Status: one leader that every member names, one term.
-    let out = ok(&c.etcdctl(&["endpoint", "status", "-w", "json"]));
+    // --cluster: etcdctl dials every member's advertised client URL
+    // (`http://…`), as an operator's script would.
+    let out = ok(&c.etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let st: Vec<&serde_json::Value> = v.as_array().unwrap().iter().map(|e| &e["Status"]).collect();
     assert_eq!(st.len(), 3);
