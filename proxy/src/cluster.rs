@@ -1,0 +1,1 @@
+//! Forwarding of the cluster service (owned by the forwarding helper).

@@ -1,0 +1,1 @@
+//! Forwarding of the kv service (owned by the forwarding helper).

@@ -1,0 +1,1 @@
+//! Forwarding of the maintenance service (owned by the forwarding helper).
