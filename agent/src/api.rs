@@ -25,3 +25,31 @@ impl std::ops::Deref for Api {
 
 pub type BoxStream<T> =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+impl cairn_proto::service::StreamCalls for Api {
+    fn watch_stream(
+        &self,
+        input: cairn_proto::service::BoxStream<cairn_proto::etcdserverpb::WatchRequest>,
+    ) -> cairn_proto::service::BoxStream<cairn_proto::etcdserverpb::WatchResponse> {
+        Api::watch_stream(self, input)
+    }
+
+    fn keep_alive_once(
+        &self,
+        req: cairn_proto::etcdserverpb::LeaseKeepAliveRequest,
+    ) -> cairn_proto::service::BoxFuture<
+        '_,
+        Result<cairn_proto::etcdserverpb::LeaseKeepAliveResponse, tonic::Status>,
+    > {
+        Box::pin(self.lease_keep_alive_once(req.id))
+    }
+
+    fn status_now(
+        &self,
+    ) -> cairn_proto::service::BoxFuture<
+        '_,
+        Result<cairn_proto::etcdserverpb::StatusResponse, tonic::Status>,
+    > {
+        Box::pin(async move { Ok(self.status_response()) })
+    }
+}

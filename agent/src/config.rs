@@ -1,11 +1,9 @@
 //! The agent's configuration from etcd's flags (`--flag v`, `--flag=v`,
-//! Go's `-flag v`), their `ETCD_*` variables, or etcd's YAML/JSON
-//! `--config-file`. Found before any port is bound; every error names the
-//! setting and the value.
-//!
-//! First version, written at the end of a session: the unit test below was
-//! run standalone (the crate does not build until the core crates land); the
-//! black-box cases in `tests/tests/it/config.rs` cover the rest once it does.
+//! Go's `-flag v`), their `ETCD_*` variables, etcd's YAML/JSON
+//! `--config-file`, or cairn's TOML `--config` (every key a flag name, for
+//! the agent's own settings such as `role`). Precedence: TOML < `ETCD_*` <
+//! flags; `--config-file` replaces everything, as etcd's does. Found before
+//! any port is bound; every error names the setting and the value.
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -37,6 +35,43 @@ pub struct Config {
     /// `--experimental-lease-checkpoint-interval` unless
     /// `--experimental-enable-lease-checkpoint=false`.
     pub lease_checkpoint_interval: Option<Duration>,
+    /// What this agent is: a voting member, a learner read replica or a
+    /// stateless proxy (`--role`, TOML `role`).
+    pub role: Role,
+    /// The cluster's client URLs (`--endpoints`): a learner adds itself
+    /// through them, a proxy forwards to them.
+    pub endpoints: Vec<String>,
+    /// `--max-learners` (etcd 3.6: `--experimental-max-learners`, default 1;
+    /// cairn's default 16).
+    pub max_learners: usize,
+    /// Permission bits of the local socket (`--socket-mode`, octal).
+    pub socket_mode: u32,
+    /// Group owning the local socket (`--socket-group`), if set.
+    pub socket_group: Option<String>,
+    /// A learner, follower or proxy further behind the leader than this
+    /// answers serializable reads as linearizable ones (`--max-stale`).
+    pub max_stale: Option<Duration>,
+    /// Proxy: key prefix every client is confined to (`--namespace`).
+    pub namespace: String,
+    /// Proxy: entries of the serializable-read cache (0: off).
+    pub proxy_cache_entries: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Voter,
+    Learner,
+    Proxy,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Voter => "voter",
+            Role::Learner => "learner",
+            Role::Proxy => "proxy",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +143,16 @@ const VALUE_FLAGS: &[&str] = &[
     "peer-key-file",
     "peer-trusted-ca-file",
     "experimental-lease-checkpoint-interval",
+    "config",
+    "role",
+    "endpoints",
+    "max-learners",
+    "experimental-max-learners",
+    "socket-mode",
+    "socket-group",
+    "max-stale",
+    "namespace",
+    "proxy-cache-entries",
 ];
 /// Boolean flags.
 const BOOL_FLAGS: &[&str] = &[
@@ -166,6 +211,15 @@ impl Config {
             }
         }
         let mut settings: HashMap<String, String> = HashMap::new();
+        let toml_path = flags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "config")
+            .map(|(_, v)| v.clone())
+            .or_else(|| env.get("CAIRN_CONFIG").cloned());
+        if let Some(path) = toml_path {
+            settings = read_toml_config(&path)?;
+        }
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("ETCD_") {
                 let name = rest.to_ascii_lowercase().replace('_', "-");
@@ -198,12 +252,29 @@ impl Config {
                 .map(str::to_string)
                 .unwrap_or(format!("{name}.cairn")),
         );
-        // Default: a socket in the data directory; `--socket ""` or
-        // `--no-socket` turns it off.
+        // Default: `cairn.sock` in the runtime directory systemd gives the
+        // service (`RuntimeDirectory=cairn` sets $RUNTIME_DIRECTORY), else
+        // in `/run/cairn` when that directory exists and is ours to write,
+        // else in the data directory. `--socket ""` or `--no-socket` turns
+        // it off.
         let socket = match (get("no-socket"), get("socket")) {
             (Some("true"), _) | (_, Some("")) => None,
             (_, Some(p)) => Some(PathBuf::from(p)),
-            (_, None) => Some(data_dir.join("cairn.sock")),
+            (_, None) => Some(default_socket(&data_dir)),
+        };
+        let role = match get("role").unwrap_or("voter") {
+            "voter" => Role::Voter,
+            "learner" => Role::Learner,
+            "proxy" => Role::Proxy,
+            v => return Err(invalid("--role", v, "must be voter, learner or proxy")),
+        };
+        let duration = |k: &str| -> Result<Option<Duration>, ConfigError> {
+            match get(k) {
+                None | Some("") => Ok(None),
+                Some(v) => go_duration(v).map(Some).ok_or_else(|| {
+                    invalid(&format!("--{k}"), v, "not a duration like 5s or 500ms")
+                }),
+            }
         };
         Ok(Config {
             listen_client_urls: listen_urls(
@@ -290,12 +361,65 @@ impl Config {
                     None => Duration::from_secs(300),
                 }),
             },
+            role,
+            endpoints: list(get("endpoints").unwrap_or("")),
+            max_learners: match get("max-learners") {
+                Some(_) => num(s, "max-learners", 16)?,
+                None => num(s, "experimental-max-learners", 16)?,
+            } as usize,
+            socket_mode: match get("socket-mode") {
+                None => 0o660,
+                Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| invalid("--socket-mode", v, "not an octal mode like 0660"))?,
+            },
+            socket_group: get("socket-group")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            max_stale: duration("max-stale")?,
+            namespace: get("namespace").unwrap_or("").to_string(),
+            proxy_cache_entries: num(s, "proxy-cache-entries", 4096)? as usize,
             data_dir,
             name,
         })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.role != Role::Voter && self.endpoints.is_empty() {
+            return Err(invalid(
+                "--endpoints",
+                "",
+                &format!(
+                    "a {} needs the cluster's client URLs (--endpoints http://host:2379,...)",
+                    self.role.as_str()
+                ),
+            ));
+        }
+        for e in &self.endpoints {
+            let u = if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
+            if url::Url::parse(&u)
+                .map(|u| u.port().is_none())
+                .unwrap_or(true)
+            {
+                return Err(invalid(
+                    "--endpoints",
+                    e,
+                    "expected host:port or http://host:port",
+                ));
+            }
+        }
+        if self.role == Role::Learner && self.initial_cluster_state == ClusterState::Existing {
+            // A learner that names the cluster itself joins as before.
+        } else if self.role != Role::Voter {
+            // Learners add themselves through --endpoints; a proxy has no
+            // raft membership: --initial-cluster does not apply.
+            return self.validate_common();
+        }
         if !self.initial_cluster.iter().any(|(n, _)| n == &self.name) {
             return Err(invalid(
                 "--initial-cluster",
@@ -333,6 +457,10 @@ impl Config {
                 ),
             ));
         }
+        self.validate_common()
+    }
+
+    fn validate_common(&self) -> Result<(), ConfigError> {
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
             return Err(invalid(
                 "--election-timeout",
@@ -475,6 +603,85 @@ fn go_duration(v: &str) -> Option<Duration> {
         rest = &rest[u..];
     }
     Some(total)
+}
+
+fn default_socket(data_dir: &std::path::Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several directories, separated by ':'.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first).join("cairn.sock");
+        }
+    }
+    let run = std::path::Path::new("/run/cairn");
+    let writable = std::fs::metadata(run).is_ok_and(|m| m.is_dir()) && tempfile_probe(run);
+    if writable {
+        return run.join("cairn.sock");
+    }
+    data_dir.join("cairn.sock")
+}
+
+/// Whether this process may create files in `dir`.
+fn tempfile_probe(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".cairn-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// cairn's own TOML config (`--config`, or `$CAIRN_CONFIG`): each key is a
+/// flag's name (`max-stale` or `max_stale`); strings, numbers, booleans,
+/// and arrays (joined with commas, for URL lists).
+fn read_toml_config(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let err = |why: String| ConfigError::File {
+        path: path.into(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let scalar = |k: &str, v: &toml::Value| -> Result<String, ConfigError> {
+        Ok(match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(err(format!(
+                    "key {k:?}: expected a string, number or boolean, found {}",
+                    other.type_str()
+                )));
+            }
+        })
+    };
+    let mut out = HashMap::new();
+    for (k, v) in &doc {
+        let name = k.replace('_', "-");
+        if name == "config" || name == "config-file" {
+            return Err(err(format!("key {k:?} cannot be set from a config file")));
+        }
+        if !VALUE_FLAGS.contains(&name.as_str()) && !BOOL_FLAGS.contains(&name.as_str()) {
+            return Err(err(format!("unknown key {k:?}")));
+        }
+        let s = match v {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| scalar(k, i))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            v => scalar(k, v)?,
+        };
+        out.insert(name, s);
+    }
+    Ok(out)
 }
 
 fn read_config_file(path: &str) -> Result<HashMap<String, String>, ConfigError> {

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_proto::etcdserverpb::{self as pb, watch_request::RequestUnion};
+use cairn_proto::service::StreamCalls;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,128 +27,75 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .route(
-            "/v3/kv/range",
-            post(|s, b| {
-                unary(s, b, |a: Api, r: pb::RangeRequest| async move {
-                    a.0.range(&r).await
+        .with_state(api.clone())
+        .merge(gateway(api))
+}
+
+/// The `/v3/*` JSON gateway over any role's services: the member's own
+/// (`Api`) or the proxy's. Each route calls the same trait method the gRPC
+/// service does.
+pub fn gateway<S>(svc: S) -> Router
+where
+    S: pb::kv_server::Kv
+        + pb::lease_server::Lease
+        + pb::maintenance_server::Maintenance
+        + pb::cluster_server::Cluster
+        + StreamCalls,
+{
+    use pb::cluster_server::Cluster;
+    use pb::kv_server::Kv;
+    use pb::lease_server::Lease;
+    macro_rules! rpc {
+        ($t:ident :: $m:ident) => {
+            post(|State(s): State<S>, body: Bytes| async move {
+                unary(body, |r| async move {
+                    $t::$m(&s, tonic::Request::new(r))
+                        .await
+                        .map(tonic::Response::into_inner)
                 })
-            }),
-        )
-        .route(
-            "/v3/kv/put",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.put(r).await })),
-        )
-        .route(
-            "/v3/kv/deleterange",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.delete_range(r).await })),
-        )
-        .route(
-            "/v3/kv/txn",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.txn(r).await })),
-        )
-        .route(
-            "/v3/kv/compaction",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.compact(r).await })),
-        )
-        .route(
-            "/v3/lease/grant",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_grant(r).await })),
-        )
-        .route(
-            "/v3/lease/revoke",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_revoke(r).await })),
-        )
-        .route(
-            "/v3/kv/lease/revoke",
-            post(|s, b| unary(s, b, |a: Api, r| async move { a.lease_revoke(r).await })),
-        )
-        .route(
-            "/v3/lease/timetolive",
-            post(|s, b| {
-                unary(
-                    s,
-                    b,
-                    |a: Api, r| async move { a.lease_time_to_live(r).await },
-                )
-            }),
-        )
-        .route(
-            "/v3/kv/lease/timetolive",
-            post(|s, b| {
-                unary(
-                    s,
-                    b,
-                    |a: Api, r| async move { a.lease_time_to_live(r).await },
-                )
-            }),
-        )
-        .route(
-            "/v3/lease/leases",
-            post(|s, b| {
-                unary(s, b, |a: Api, _r: pb::LeaseLeasesRequest| async move {
-                    a.lease_leases().await
-                })
-            }),
-        )
-        .route(
-            "/v3/kv/lease/leases",
-            post(|s, b| {
-                unary(s, b, |a: Api, _r: pb::LeaseLeasesRequest| async move {
-                    a.lease_leases().await
-                })
-            }),
-        )
+                .await
+            })
+        };
+    }
+    Router::new()
+        .route("/v3/kv/range", rpc!(Kv::range))
+        .route("/v3/kv/put", rpc!(Kv::put))
+        .route("/v3/kv/deleterange", rpc!(Kv::delete_range))
+        .route("/v3/kv/txn", rpc!(Kv::txn))
+        .route("/v3/kv/compaction", rpc!(Kv::compact))
+        .route("/v3/lease/grant", rpc!(Lease::lease_grant))
+        .route("/v3/lease/revoke", rpc!(Lease::lease_revoke))
+        .route("/v3/kv/lease/revoke", rpc!(Lease::lease_revoke))
+        .route("/v3/lease/timetolive", rpc!(Lease::lease_time_to_live))
+        .route("/v3/kv/lease/timetolive", rpc!(Lease::lease_time_to_live))
+        .route("/v3/lease/leases", rpc!(Lease::lease_leases))
+        .route("/v3/kv/lease/leases", rpc!(Lease::lease_leases))
         .route(
             "/v3/lease/keepalive",
-            post(|s, b| {
-                streamed_once(s, b, |a: Api, r: pb::LeaseKeepAliveRequest| async move {
-                    a.lease_keep_alive_once(r.id).await
+            post(|State(s): State<S>, body: Bytes| async move {
+                streamed_once(body, |r: pb::LeaseKeepAliveRequest| async move {
+                    s.keep_alive_once(r).await
                 })
+                .await
             }),
         )
         .route(
             "/v3/maintenance/status",
-            post(|s, b| {
-                unary(s, b, |a: Api, _r: pb::StatusRequest| async move {
-                    Ok(a.status_response())
-                })
+            post(|State(s): State<S>, body: Bytes| async move {
+                unary(
+                    body,
+                    |_r: pb::StatusRequest| async move { s.status_now().await },
+                )
+                .await
             }),
         )
-        .route(
-            "/v3/cluster/member/list",
-            post(|s, b| {
-                unary(s, b, |a: Api, _r: pb::MemberListRequest| async move {
-                    a.members()
-                })
-            }),
-        )
-        .route(
-            "/v3/cluster/member/add",
-            post(|s, b| {
-                unary(s, b, |a: Api, r: pb::MemberAddRequest| async move {
-                    a.member_add_req(r).await
-                })
-            }),
-        )
-        .route(
-            "/v3/cluster/member/remove",
-            post(|s, b| {
-                unary(s, b, |a: Api, r: pb::MemberRemoveRequest| async move {
-                    a.member_remove_req(r.id).await
-                })
-            }),
-        )
-        .route(
-            "/v3/cluster/member/update",
-            post(|s, b| {
-                unary(s, b, |a: Api, r: pb::MemberUpdateRequest| async move {
-                    a.member_update_req(r).await
-                })
-            }),
-        )
-        .route("/v3/watch", post(watch))
-        .with_state(api)
+        .route("/v3/cluster/member/list", rpc!(Cluster::member_list))
+        .route("/v3/cluster/member/add", rpc!(Cluster::member_add))
+        .route("/v3/cluster/member/remove", rpc!(Cluster::member_remove))
+        .route("/v3/cluster/member/update", rpc!(Cluster::member_update))
+        .route("/v3/cluster/member/promote", rpc!(Cluster::member_promote))
+        .route("/v3/watch", post(watch::<S>))
+        .with_state(svc)
 }
 
 async fn health(
@@ -210,6 +158,10 @@ async fn metrics(State(api): State<Api>) -> Response {
         .set(cairn_mvcc::Backend::size_bytes(api.mvcc.backend()) as i64);
     m.current_revision.set(api.mvcc.current_revision());
     m.compact_revision.set(api.mvcc.compact_revision());
+    m.is_learner.set(i64::from(st.learners.contains(&st.id)));
+    let behind = api.behind();
+    m.behind_revisions.set(behind.revisions);
+    m.behind_ms.set(behind.ms as i64);
     let mut resp = m.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -230,36 +182,36 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
-async fn unary<Req, Resp, F, Fut>(State(api): State<Api>, body: Bytes, f: F) -> Response
+async fn unary<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(Api, Req) -> Fut,
+    F: FnOnce(Req) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, Status>>,
 {
     let req = match parse::<Req>(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match f(api, req).await {
+    match f(req).await {
         Ok(resp) => axum::Json(resp).into_response(),
         Err(s) => error_response(&s),
     }
 }
 
 /// A streaming RPC called with one request: one `{"result": ...}` line.
-async fn streamed_once<Req, Resp, F, Fut>(State(api): State<Api>, body: Bytes, f: F) -> Response
+async fn streamed_once<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(Api, Req) -> Fut,
+    F: FnOnce(Req) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, Status>>,
 {
     let req = match parse::<Req>(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match f(api, req).await {
+    match f(req).await {
         Ok(resp) => axum::Json(serde_json::json!({ "result": resp })).into_response(),
         Err(s) => error_response(&s),
     }
@@ -268,7 +220,7 @@ where
 /// `POST /v3/watch` with one WatchRequest: the events stream back as
 /// newline-delimited `{"result": WatchResponse}` objects until the client
 /// hangs up, as grpc-gateway streams them.
-async fn watch(State(api): State<Api>, body: Bytes) -> Response {
+async fn watch<S: StreamCalls>(State(svc): State<S>, body: Bytes) -> Response {
     let req = match parse::<pb::WatchRequest>(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -277,7 +229,7 @@ async fn watch(State(api): State<Api>, body: Bytes) -> Response {
         return error_response(&Status::invalid_argument("expected a create_request"));
     }
     let input = futures::stream::iter([Ok(req)]).chain(futures::stream::pending());
-    let responses = api.watch_stream(Box::pin(input));
+    let responses = svc.watch_stream(Box::pin(input));
     let lines = responses.map(|r| {
         let v = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),

@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod peer;
 pub mod serve;
 pub mod server;
+pub mod staleness;
 pub mod watch_hub;

@@ -48,6 +48,3 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Raft messages queued towards one peer; beyond it they are dropped and
 /// raft retransmits.
 pub const PEER_SEND_QUEUE: usize = 4096;
-/// Learners a cluster may have (etcd's `--max-learners` defaults to 1;
-/// cairn's learners are its read replicas).
-pub const MAX_LEARNERS: usize = 16;

@@ -9,7 +9,7 @@ use cairn_agent::api::Api;
 use std::sync::Arc;
 
 use cairn_agent::api::forward::StoreSnapshots;
-use cairn_agent::config::{ClusterState, Command, Config, ListenAddr};
+use cairn_agent::config::{ClusterState, Command, Config, ListenAddr, Role};
 use cairn_agent::peer::Peers;
 use cairn_agent::server::{NodeSettings, Server};
 use cairn_agent::{api, serve};
@@ -82,11 +82,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                     format!("listen tcp {addr} (--listen-client-urls {})", url.original)
                 })?)
             }
-            ListenAddr::Unix(path) => unix.push(serve::bind_unix(path)?),
+            ListenAddr::Unix(path) => unix.push(serve::bind_unix(
+                path,
+                cfg.socket_mode,
+                cfg.socket_group.as_deref(),
+            )?),
         }
     }
     if let Some(path) = &cfg.socket {
-        unix.push(serve::bind_unix(path)?);
+        unix.push(serve::bind_unix(
+            path,
+            cfg.socket_mode,
+            cfg.socket_group.as_deref(),
+        )?);
     }
 
     let peer_addr = match cfg.listen_peer_urls.first().map(|u| (&u.addr, &u.original)) {
@@ -137,6 +145,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         join_existing: cfg.initial_cluster_state == ClusterState::Existing,
         strict_reconfig_check: cfg.strict_reconfig_check,
         lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+        max_stale: cfg.max_stale,
+        max_learners: cfg.max_learners,
+        add_self_via: if cfg.role == Role::Learner && cfg.initial_cluster_state == ClusterState::New
+        {
+            cfg.endpoints.clone()
+        } else {
+            Vec::new()
+        },
     };
     let server = Server::start(settings, peers.clone()).await?;
     let api = Api(server.clone());
@@ -178,6 +194,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(cairn_agent::server::on_leadership(server.clone()));
     tokio::spawn(cairn_agent::server::publish_attributes(server.clone()));
+    tokio::spawn(cairn_agent::staleness::probe_loop(
+        api.clone(),
+        cairn_agent::staleness::probe_interval(cfg.max_stale),
+        stop_rx.clone(),
+    ));
 
     // The raft node stops itself when its log cannot be written; the
     // process must not go on serving stale reads.

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub watch_catchup_reads: Counter,
     pub range_total: Counter,
     pub leases_expired: Counter<u64, AtomicU64>,
+    pub is_learner: Gauge,
+    pub behind_revisions: Gauge,
+    pub behind_ms: Gauge,
 }
 
 impl Metrics {
@@ -37,6 +40,21 @@ impl Metrics {
             }};
         }
         Metrics {
+            is_learner: reg!(
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+                Gauge::default()
+            ),
+            behind_revisions: reg!(
+                "cairn_behind_revisions",
+                "Revisions this member's data is behind the leader's (0 on the leader).",
+                Gauge::default()
+            ),
+            behind_ms: reg!(
+                "cairn_behind_milliseconds",
+                "Milliseconds since this member last held everything the leader had applied (0 on the leader).",
+                Gauge::default()
+            ),
             has_leader: reg!(
                 "etcd_server_has_leader",
                 "Whether or not a leader exists. 1 is existence, 0 is not.",

@@ -161,7 +161,10 @@ pub async fn serve_unix(
 
 /// Binds the local socket, replacing a stale socket file left by a process
 /// that is gone, but never a file that is not a socket or one still served.
-pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+/// The socket gets `mode` and, when given, `group` (a name from
+/// `/etc/group` or a numeric gid), so that local applications in that group
+/// can use it.
+pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -181,7 +184,33 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let l = UnixListener::bind(path).with_context(|| format!("listen unix {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting permissions on {}", path.display()))?;
+    if let Some(g) = group {
+        let gid = group_id(g)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
+            format!(
+                "--socket-group {g}: changing the group of {}",
+                path.display()
+            )
+        })?;
+    }
     Ok(l)
+}
+
+/// A group's id from its name (`/etc/group`) or a number.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .with_context(|| format!("--socket-group {group}: no such group in /etc/group"))
 }

@@ -43,6 +43,14 @@ pub struct NodeSettings {
     pub strict_reconfig_check: bool,
     /// How often the leader checkpoints leases' remaining TTLs (None: never).
     pub lease_checkpoint_interval: Option<Duration>,
+    /// Serializable reads become linearizable when this member is further
+    /// behind the leader than this (`--max-stale`).
+    pub max_stale: Option<Duration>,
+    /// `--max-learners`: MemberAdd refuses more learners than this.
+    pub max_learners: usize,
+    /// A learner that has no data yet adds itself to the cluster through
+    /// these client URLs (`--role learner --endpoints ...`).
+    pub add_self_via: Vec<String>,
 }
 
 /// The etcd API version cairn speaks; reported by Status and /version.
@@ -62,6 +70,8 @@ pub struct Server {
     pub min_lease_ttl: i64,
     /// Revision up to which old versions have been physically removed.
     pub physically_compacted: watch::Receiver<i64>,
+    /// How far this member is behind the leader.
+    pub staleness: crate::staleness::Staleness,
 }
 
 /// Monotonic milliseconds since the process started: the only clock the
@@ -106,7 +116,7 @@ impl Server {
     /// identity (stored, derived from `--initial-cluster`, or asked of the
     /// running cluster when joining) and starts the raft node.
     pub async fn start(
-        settings: NodeSettings,
+        mut settings: NodeSettings,
         peers: Arc<Peers>,
     ) -> Result<Arc<Server>, StartError> {
         let dir = settings.data_dir.clone();
@@ -118,7 +128,10 @@ impl Server {
         let mut known = mvcc.members().map_err(cairn_mvcc::MvccError::from)?;
         let (identity, bootstrap) = match load_identity(&db, &settings)? {
             Some(id) => (id, Vec::new()),
-            None if settings.join_existing => {
+            None if settings.join_existing || !settings.add_self_via.is_empty() => {
+                if !settings.add_self_via.is_empty() {
+                    settings.initial_cluster = add_self_as_learner(&settings).await?;
+                }
                 let (id, members) = join(&db, &settings, &peers).await?;
                 known.extend(members);
                 (id, Vec::new())
@@ -195,6 +208,7 @@ impl Server {
             metrics,
             min_lease_ttl,
             physically_compacted: compact_rx,
+            staleness: crate::staleness::Staleness::new(),
         }))
     }
 
@@ -247,13 +261,30 @@ impl Server {
 
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
         cairn_mvcc::validate::check_range(req).map_err(status::mvcc)?;
-        if !req.serializable {
+        if !req.serializable || self.too_stale() {
             self.linearizable_barrier().await?;
         }
         self.metrics.range_total.inc();
         let mut resp = self.mvcc.range(req).map_err(status::mvcc)?;
         self.fill(&mut resp.header);
         Ok(resp)
+    }
+
+    /// How far behind the leader this member is now.
+    pub fn behind(&self) -> crate::staleness::Behind {
+        let st = self.node.status();
+        if st.leader_id != 0 && st.leader_id == st.id {
+            return crate::staleness::Behind::default();
+        }
+        self.staleness
+            .behind(st.applied_index, self.mvcc.current_revision())
+    }
+
+    /// `--max-stale` is set and this member may be further behind.
+    pub fn too_stale(&self) -> bool {
+        self.settings
+            .max_stale
+            .is_some_and(|max| self.behind().ms > max.as_millis() as u64)
     }
 
     pub fn has_leader(&self) -> bool {
@@ -360,6 +391,113 @@ fn new_cluster(db: &Db, s: &NodeSettings) -> Result<(Identity, Vec<ConfChange>),
 /// `--initial-cluster-state existing`: asks the running members for the
 /// membership and finds this member in it by its peer URLs (it must have
 /// been added with `member add` first).
+/// A learner with an empty data directory adds itself to the cluster
+/// (`MemberAdd` with `isLearner`) through the client URLs it was given, and
+/// returns the membership as `--initial-cluster` would name it. A member
+/// with our peer URLs that has not started yet is ours from an earlier
+/// attempt that stopped before it saved its identity.
+async fn add_self_as_learner(s: &NodeSettings) -> Result<Vec<(String, String)>, StartError> {
+    use cairn_proto::etcdserverpb::{
+        MemberAddRequest, MemberListRequest, cluster_client::ClusterClient,
+    };
+    let mut errors = Vec::new();
+    // The leader refuses changes for a while after members (re)connect
+    // ("unhealthy cluster"), and a starting cluster may have no leader yet.
+    for attempt in 0..30 {
+        for url in &s.add_self_via {
+            let url = if url.contains("://") {
+                url.clone()
+            } else {
+                format!("http://{url}")
+            };
+            let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
+                Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).connect().await,
+                Err(e) => return Err(StartError::Join(format!("--endpoints {url}: {e}"))),
+            };
+            let mut client = match channel {
+                Ok(c) => ClusterClient::new(c),
+                Err(e) => {
+                    errors.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let added = client
+                .member_add(MemberAddRequest {
+                    peer_ur_ls: s.peer_urls.clone(),
+                    is_learner: true,
+                })
+                .await;
+            let members = match added {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if let Some(m) = &r.member {
+                        tracing::info!(member_id = format_args!("{:x}", m.id), via = %url, "added this host to the cluster as a learner");
+                    }
+                    r.members
+                }
+                Err(e) if e.message().contains("Peer URLs already exists") => {
+                    let list = client
+                        .member_list(MemberListRequest { linearizable: true })
+                        .await
+                        .map_err(|e| {
+                            StartError::Join(format!("{url}: member list: {}", e.message()))
+                        })?
+                        .into_inner()
+                        .members;
+                    let mut mine = s.peer_urls.clone();
+                    mine.sort();
+                    let me = list.iter().find(|m| {
+                        let mut u = m.peer_ur_ls.clone();
+                        u.sort();
+                        u == mine
+                    });
+                    match me {
+                        Some(m) if m.name.is_empty() => list,
+                        _ => {
+                            return Err(StartError::Join(format!(
+                                "a started member already has peer URLs {}; remove it                                  (etcdctl member remove) before adding this host again",
+                                s.peer_urls.join(",")
+                            )));
+                        }
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("{url}: {}", e.message()));
+                    continue;
+                }
+            };
+            let mut cluster = Vec::new();
+            for m in members {
+                let name = if m.name.is_empty() {
+                    format!("{:x}", m.id)
+                } else {
+                    m.name
+                };
+                for u in m.peer_ur_ls {
+                    if !s.peer_urls.contains(&u) {
+                        cluster.push((name.clone(), u));
+                    }
+                }
+            }
+            cluster.extend(s.peer_urls.iter().map(|u| (s.name.clone(), u.clone())));
+            return Ok(cluster);
+        }
+        if attempt < 29 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Err(StartError::Join(format!(
+        "could not add this host as a learner through --endpoints: {}",
+        errors
+            .iter()
+            .rev()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
 async fn join(
     db: &Db,
     s: &NodeSettings,

@@ -61,6 +61,10 @@ pub struct Cluster {
     relays: Vec<UdpRelay>,
     /// The server binary, when not the default for `kind` (benchmarks).
     pub bin: Option<PathBuf>,
+    /// How many of the members form the new cluster (`--initial-cluster`
+    /// of a member started with state `new`); the rest join later. All of
+    /// them when unset.
+    pub initial: Option<usize>,
 }
 
 impl Cluster {
@@ -96,6 +100,7 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             relays: Vec::new(),
             bin: None,
+            initial: None,
         };
         for _ in 0..n {
             c.new_member();
@@ -174,7 +179,7 @@ impl Cluster {
     fn args(&self, i: usize, state: &str) -> Vec<String> {
         let m = &self.members[i];
         let upto = if state == "new" {
-            self.members.len()
+            self.initial.unwrap_or(self.members.len())
         } else {
             i + 1
         };
@@ -228,6 +233,60 @@ impl Cluster {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn member");
+        m.child = Some(child);
+    }
+
+    /// Starts member `i` of the layout as a cairn agent of another role
+    /// (`learner` or `proxy`), given only the client URLs of members
+    /// `endpoints` (`--role R --endpoints ...`): a learner adds itself to the
+    /// cluster, a proxy forwards to it.
+    pub fn spawn_role(&mut self, i: usize, role: &str, endpoints: &[usize]) {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|&j| self.members[j].client_url())
+            .collect();
+        let m = &self.members[i];
+        let mut args: Vec<String> = [
+            "--role",
+            role,
+            "--endpoints",
+            &eps.join(","),
+            "--name",
+            &m.name,
+            "--data-dir",
+            &m.data_dir.display().to_string(),
+            "--listen-client-urls",
+            &m.client_url(),
+            "--advertise-client-urls",
+            &m.client_url(),
+            "--initial-advertise-peer-urls",
+            &m.peer_url(),
+            "--listen-peer-urls",
+            &m.listen_peer_url(),
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(m.extra_args.iter().cloned());
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&m.log_path)
+            .expect("open member log");
+        let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("dup")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn member");
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "{} already runs", m.name);
         m.child = Some(child);
     }
 

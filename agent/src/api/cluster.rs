@@ -16,7 +16,6 @@ use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::{Api, status};
-use crate::limits;
 
 fn to_etcd(m: cairnpb::Member) -> Member {
     Member {
@@ -157,7 +156,7 @@ impl Api {
         check_peer_urls(&req.peer_ur_ls, &records, 0)?;
         if req.is_learner {
             let learners = records.iter().filter(|m| m.is_learner).count();
-            if learners >= limits::MAX_LEARNERS {
+            if learners >= self.settings.max_learners {
                 return Err(failed("etcdserver: too many learner members in cluster"));
             }
         }

@@ -87,6 +87,16 @@ impl Api {
                 member_remove: Some(r),
                 ..Default::default()
             }),
+            // The revision and the applied index are read together: a
+            // member holding this index holds this revision.
+            Req::Progress(_) => {
+                let applied = self.node.status().applied_index;
+                Ok(PeerResponse {
+                    revision: self.mvcc.current_revision(),
+                    commit_index: applied,
+                    ..Default::default()
+                })
+            }
         };
         r.unwrap_or_else(failed)
     }

@@ -17,6 +17,8 @@ impl Api {
     pub fn status_response(&self) -> StatusResponse {
         let st = self.node.status();
         let size = self.mvcc.backend().size_bytes() as i64;
+        let behind = self.behind();
+        let is_learner = st.learners.contains(&st.id);
         StatusResponse {
             header: Some(self.header(self.mvcc.current_revision())),
             version: ETCD_VERSION.to_string(),
@@ -27,7 +29,7 @@ impl Api {
             raft_applied_index: st.applied_index,
             errors: Vec::new(),
             db_size_in_use: size,
-            is_learner: st.learners.contains(&st.id),
+            is_learner,
             storage_version: ETCD_VERSION
                 .rsplit_once('.')
                 .map(|(v, _)| v)
@@ -36,6 +38,9 @@ impl Api {
                 + ".0",
             db_size_quota: 0,
             downgrade_info: None,
+            cairn_behind_revisions: behind.revisions,
+            cairn_behind_ms: behind.ms as i64,
+            cairn_role: if is_learner { "learner" } else { "voter" }.to_string(),
         }
     }
 }

@@ -21,6 +21,7 @@ mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod roles;
 mod watch;
 
 use cairn_tests::Subject;

@@ -1,0 +1,324 @@
+//! The agent's roles (cairn only: etcd has no `--role`): learners that add
+//! themselves through the cluster's client URLs and serve reads and watches,
+//! `--max-learners`, staleness in Status and `/metrics`, `--max-stale`, the
+//! local socket on every role, and the proxy.
+use std::time::{Duration, Instant};
+
+use cairn_tests::cluster::Cluster;
+use cairn_tests::{ETCDCTL_BIN, Kind, http_request, subject_kind};
+use etcd_client::{GetOptions, WatchOptions};
+
+fn cairn_only() -> bool {
+    subject_kind() == Kind::Cairn
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ETCDCTL_BIN)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn metric(c: &Cluster, i: usize, name: &str) -> Option<f64> {
+    let (code, body) = http_request(
+        ("127.0.0.1", c.members[i].client_port),
+        "GET",
+        "/metrics",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `Status` through the JSON gateway, as a JSON document.
+fn status_json(c: &Cluster, i: usize) -> serde_json::Value {
+    let (code, body) = http_request(
+        ("127.0.0.1", c.members[i].client_port),
+        "POST",
+        "/v3/maintenance/status",
+        Some("{}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn json_i64(v: &serde_json::Value, k: &str) -> i64 {
+    match &v[k] {
+        serde_json::Value::String(s) => s.parse().unwrap(),
+        serde_json::Value::Number(n) => n.as_i64().unwrap(),
+        serde_json::Value::Null => 0,
+        other => panic!("{k}: {other}"),
+    }
+}
+
+/// Retries `f` until it returns Some, failing the test after `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn learners_add_themselves_serve_reads_and_watches_and_one_is_promoted() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::start(Kind::Cairn, 3, &[]).await;
+    let l1 = c.new_member();
+    let l2 = c.new_member();
+    // Given nothing but the voters' client URLs, both add themselves.
+    c.spawn_role(l1, "learner", &[0, 1, 2]);
+    c.spawn_role(l2, "learner", &[0, 1, 2]);
+    c.wait_ready(l1).await;
+    c.wait_ready(l2).await;
+
+    let mut v0 = c.client(0).await;
+    // Members publish their names through the log once they run.
+    let members = eventually("learners listed", Duration::from_secs(10), || {
+        let mut v0 = v0.clone();
+        async move {
+            let members = v0.member_list().await.unwrap();
+            let mut learners: Vec<String> = members
+                .members()
+                .iter()
+                .filter(|m| m.is_learner())
+                .map(|m| m.name().to_string())
+                .collect();
+            learners.sort();
+            (learners == ["infra3", "infra4"]).then_some(members)
+        }
+    })
+    .await;
+
+    // A watch on a learner sees writes made through a voter and through
+    // the other learner, in order, each once.
+    let mut c1 = c.client(l1).await;
+    let mut c2 = c.client(l2).await;
+    let mut events = c1
+        .watch("r/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let created = events.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let (client, via) = if n % 2 == 0 {
+            (&mut v0, "voter")
+        } else {
+            (&mut c2, "learner")
+        };
+        let key = format!("r/{n:02}");
+        let r = client.put(key.clone(), via, None).await.unwrap();
+        acked.push((key, r.header().unwrap().revision()));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < acked.len() {
+        let resp = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("watch on a learner stalled")
+            .unwrap()
+            .unwrap();
+        for e in resp.events() {
+            let kv = e.kv().unwrap();
+            seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+        }
+    }
+    assert_eq!(seen, acked);
+
+    // A linearizable read on a learner sees every acknowledged write.
+    let (last_key, last_rev) = acked.last().unwrap().clone();
+    let r = c1.get(last_key.clone(), None).await.unwrap();
+    assert_eq!(r.kvs()[0].mod_revision(), last_rev);
+    let r = c1
+        .get(
+            "r/",
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.kvs().len(), 10);
+
+    // Leases through a learner.
+    let lease = c1.lease_grant(30, None).await.unwrap().id();
+    let (mut keeper, mut replies) = c1.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert_eq!(reply.id(), lease);
+    assert!(reply.ttl() > 0);
+    let ttl = v0.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0);
+
+    // Status, /metrics and the local socket of a learner.
+    let st = c1.status().await.unwrap();
+    assert!(st.is_learner());
+    assert_eq!(status_json(&c, l1)["cairnRole"], "learner");
+    assert_eq!(metric(&c, l1, "etcd_server_is_learner"), Some(1.0));
+    assert!(metric(&c, l1, "cairn_behind_revisions").is_some());
+    let socket = c.members[l2].data_dir.join("cairn.sock");
+    let out = etcdctl(
+        &format!("unix://{}", socket.display()),
+        &["get", &last_key, "--print-value-only"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "learner");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+
+    // Promote the first learner (once caught up), then lose a voter: four
+    // voters keep a quorum of three.
+    let id = members
+        .members()
+        .iter()
+        .find(|m| m.name() == "infra3")
+        .unwrap()
+        .id();
+    let id_hex = format!("{id:x}");
+    eventually("promote", Duration::from_secs(20), || {
+        let out = etcdctl(&c.members[0].client_url(), &["member", "promote", &id_hex]);
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    assert!(!c1.status().await.unwrap().is_learner());
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    c.kill9(victim);
+    c1.put("after-kill", "1", None).await.unwrap();
+    c2.put("after-kill-2", "1", None).await.unwrap();
+    let r = v0_or_leader(&c, victim)
+        .await
+        .get("after-kill-2", None)
+        .await;
+    assert_eq!(r.unwrap().kvs().len(), 1);
+}
+
+async fn v0_or_leader(c: &Cluster, dead: usize) -> etcd_client::Client {
+    c.client(if dead == 0 { 1 } else { 0 }).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_learners_is_enforced() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::start(Kind::Cairn, 1, &["--max-learners", "1"]).await;
+    let ep = c.members[0].client_url();
+    let a = c.new_member();
+    let b = c.new_member();
+    let out = etcdctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "a",
+            "--learner",
+            &format!("--peer-urls={}", c.members[a].peer_url()),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = etcdctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "b",
+            "--learner",
+            &format!("--peer-urls={}", c.members[b].peer_url()),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too many learner members in cluster"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_off_learner_reports_staleness_and_max_stale_refuses_old_reads() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::prepare(Kind::Cairn, 4, &[]);
+    c.initial = Some(3);
+    let l = 3;
+    c.members[l]
+        .extra_args
+        .extend(["--max-stale".to_string(), "1s".to_string()]);
+    c.relay_peers();
+    for i in 0..3 {
+        c.spawn(i, "new");
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    c.spawn_role(l, "learner", &[0, 1, 2]);
+    c.wait_ready(l).await;
+    let mut v0 = c.client(0).await;
+    v0.put("k", "old", None).await.unwrap();
+    let mut lc = c.client(l).await;
+    lc.get("k", None).await.unwrap(); // linearizable: the learner has it
+    eventually("learner current", Duration::from_secs(10), || {
+        let st = status_json(&c, l);
+        async move { (json_i64(&st, "cairnBehindMs") < 1000).then_some(()) }
+    })
+    .await;
+
+    c.isolate(l, true);
+    let put = v0.put("k", "new", None).await.unwrap();
+    let new_rev = put.header().unwrap().revision();
+    // Staleness becomes visible, in Status and in /metrics.
+    let behind = eventually("staleness reported", Duration::from_secs(20), || {
+        let st = status_json(&c, l);
+        async move {
+            let ms = json_i64(&st, "cairnBehindMs");
+            (ms > 1000).then_some(ms)
+        }
+    })
+    .await;
+    assert!(behind > 1000);
+    assert!(metric(&c, l, "cairn_behind_milliseconds").unwrap() > 1000.0);
+    // Further behind than --max-stale, a serializable read is not answered
+    // from the old replica: it needs the leader, which it cannot reach.
+    let r = lc
+        .get("k", Some(GetOptions::new().with_serializable()))
+        .await;
+    match r {
+        Err(_) => {}
+        Ok(r) => panic!(
+            "a learner behind --max-stale answered from its replica: {:?}",
+            r.kvs()
+        ),
+    }
+
+    c.isolate(l, false);
+    let rev = eventually("learner heals", Duration::from_secs(30), || {
+        let mut lc = lc.clone();
+        async move {
+            let r = lc
+                .get("k", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            let kv = r.kvs().first()?;
+            (kv.value() == b"new").then_some(kv.mod_revision())
+        }
+    })
+    .await;
+    assert_eq!(rev, new_rev);
+    eventually("staleness back down", Duration::from_secs(10), || {
+        let st = status_json(&c, l);
+        async move { (json_i64(&st, "cairnBehindMs") < 1000).then_some(()) }
+    })
+    .await;
+}
