@@ -178,11 +178,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for l in tcp {
         tracing::info!(addr = %l.local_addr()?, "serving client requests");
-        tasks.spawn(serve::serve_tcp(api.clone(), l, stopped(stop_rx.clone())));
+        tasks.spawn(serve::serve_tcp(
+            serve::routes(&api),
+            l,
+            stopped(stop_rx.clone()),
+        ));
     }
     for l in unix {
         tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");
-        tasks.spawn(serve::serve_unix(api.clone(), l, stopped(stop_rx.clone())));
+        tasks.spawn(serve::serve_unix(
+            serve::routes(&api),
+            l,
+            stopped(stop_rx.clone()),
+        ));
     }
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
     if let Some(every) = cfg.lease_checkpoint_interval {

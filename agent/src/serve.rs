@@ -20,18 +20,36 @@ use crate::api::Api;
 use crate::limits;
 use authority::AuthorityRewriter;
 
-/// Every route of the client port: gRPC services first, HTTP after.
+/// Every route of a member's client port: gRPC services first, HTTP after.
 pub fn routes(api: &Api) -> Routes {
-    let max_recv = api.settings.max_request_bytes + limits::GRPC_OVERHEAD_BYTES;
+    service_routes(
+        api.clone(),
+        api.settings.max_request_bytes,
+        crate::http::router(api.clone()),
+    )
+}
+
+/// The five etcd services of any role (a member's `Api`, the proxy) with
+/// the role's plain-HTTP routes behind them.
+pub fn service_routes<S>(svc: S, max_request_bytes: usize, http: axum::Router) -> Routes
+where
+    S: cairn_proto::etcdserverpb::kv_server::Kv
+        + cairn_proto::etcdserverpb::watch_server::Watch
+        + cairn_proto::etcdserverpb::lease_server::Lease
+        + cairn_proto::etcdserverpb::maintenance_server::Maintenance
+        + cairn_proto::etcdserverpb::cluster_server::Cluster
+        + Clone,
+{
+    let max_recv = max_request_bytes + limits::GRPC_OVERHEAD_BYTES;
     let max_send = limits::GRPC_MAX_SEND_BYTES;
     macro_rules! svc {
         ($s:ident) => {
-            $s::new(api.clone())
+            $s::new(svc.clone())
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(max_send)
         };
     }
-    let routes = Routes::from(crate::http::router(api.clone()).fallback(fallback))
+    let routes = Routes::from(http.fallback(fallback))
         .add_service(svc!(KvServer))
         .add_service(svc!(WatchServer))
         .add_service(svc!(LeaseServer))
@@ -122,7 +140,7 @@ fn server() -> tonic::transport::Server {
 }
 
 pub async fn serve_tcp(
-    api: Api,
+    routes: Routes,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -139,21 +157,21 @@ pub async fn serve_tcp(
         })
     });
     server()
-        .add_routes(routes(&api))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the client port")
 }
 
 pub async fn serve_unix(
-    api: Api,
+    routes: Routes,
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use tokio_stream::StreamExt;
     let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewriter::new));
     server()
-        .add_routes(routes(&api))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the local socket")

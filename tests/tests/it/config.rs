@@ -300,3 +300,95 @@ async fn local_socket_serves_the_same_api() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
 }
+
+/// cairn's own TOML config (`--config`): every key is a flag's name; arrays
+/// are URL lists. Flags on the command line win over it. cairn only.
+#[tokio::test]
+async fn toml_config_is_honoured_and_flags_override_it() {
+    if subject_kind() == Kind::Etcd {
+        return;
+    }
+    let options = SubjectOptions {
+        command_line: Some(Arc::new(|l: &Layout<'_>| {
+            let client = format!("http://127.0.0.1:{}", l.client_port);
+            let peer = format!("http://127.0.0.1:{}", l.peer_port);
+            let toml = format!(
+                "role = \"voter\"\n\
+                 name = \"fromtoml\"\n\
+                 data_dir = \"{}\"\n\
+                 listen-client-urls = [\"{client}\"]\n\
+                 advertise-client-urls = [\"{client}\"]\n\
+                 listen_peer_urls = \"{peer}\"\n\
+                 initial-advertise-peer-urls = \"{peer}\"\n\
+                 initial-cluster = \"fromtoml={peer}\"\n\
+                 initial-cluster-token = \"{}\"\n\
+                 socket-mode = \"0600\"\n\
+                 max-txn-ops = 3\n",
+                l.data_dir.display(),
+                l.token
+            );
+            let path = l.dir.join("cairn.toml");
+            std::fs::write(&path, toml).unwrap();
+            (
+                vec![
+                    "--config".into(),
+                    path.display().to_string(),
+                    "--max-txn-ops".into(),
+                    "5".into(),
+                ],
+                vec![],
+            )
+        })),
+        ..SubjectOptions::new(subject_kind())
+    };
+    let s = Subject::start_with(options).await;
+    let mut c = s.client().await;
+    let members = c.member_list().await.unwrap();
+    assert_eq!(members.members()[0].name(), "fromtoml");
+    use std::os::unix::fs::PermissionsExt;
+    let sock = s.data_dir().join("cairn.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // --max-txn-ops 5 from the command line, not 3 from the file.
+    let ops: Vec<etcd_client::TxnOp> = (0..5)
+        .map(|i| etcd_client::TxnOp::put(format!("t{i}"), "v", None))
+        .collect();
+    c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+}
+
+#[test]
+fn bad_role_settings_are_refused_with_the_setting_named() {
+    if subject_kind() == Kind::Etcd {
+        return;
+    }
+    let out = run_expect_failure(&["--role".into(), "observer".into()], &[]);
+    assert!(out.contains("--role") && out.contains("observer"), "{out}");
+    let out = run_expect_failure(&["--role".into(), "learner".into()], &[]);
+    assert!(out.contains("--endpoints"), "{out}");
+    let out = run_expect_failure(
+        &[
+            "--role".into(),
+            "proxy".into(),
+            "--endpoints".into(),
+            "http://127.0.0.1".into(),
+        ],
+        &[],
+    );
+    assert!(
+        out.contains("--endpoints") && out.contains("host:port"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.toml");
+    std::fs::write(&path, "rol = \"voter\"\n").unwrap();
+    let out = run_expect_failure(&["--config".into(), path.display().to_string()], &[]);
+    assert!(
+        out.contains("unknown key \"rol\"") && out.contains("cairn.toml"),
+        "{out}"
+    );
+    std::fs::write(&path, "role = [\n").unwrap();
+    let out = run_expect_failure(&["--config".into(), path.display().to_string()], &[]);
+    assert!(out.contains("cairn.toml"), "{out}");
+    let out = run_expect_failure(&["--socket-mode".into(), "999".into()], &[]);
+    assert!(out.contains("--socket-mode"), "{out}");
+}
