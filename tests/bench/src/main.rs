@@ -47,6 +47,8 @@ use clap::{Parser, Subcommand};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
+mod roles;
+
 const KEY_SIZE: usize = 8;
 const VALUE_SIZE: usize = 256;
 
@@ -104,6 +106,27 @@ enum Cmd {
         members: usize,
         #[command(flatten)]
         load: Load,
+    },
+    /// Serializable read throughput of a 3-voter cairn cluster as learners
+    /// are added.
+    Learners {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        /// Learner counts to measure, comma-separated.
+        #[arg(long, default_value = "0,1,2,4")]
+        counts: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Resident memory per idle watcher on cairn's proxy and etcd's
+    /// grpc-proxy, N watchers of one key.
+    ProxyWatchers {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value = cairn_tests::ETCD_BIN)]
+        etcd_bin: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
     },
     /// Run workloads against a server that is already running.
     Run {
@@ -176,6 +199,60 @@ async fn main() -> Result<()> {
                 cairn = run_subject(Kind::Cairn, bin, &workloads, &load, members).await?;
             }
             print_table("etcd", &workloads, &etcd, &cairn, &load);
+        }
+        Cmd::Learners {
+            cairn_bin,
+            counts,
+            load,
+        } => {
+            let counts: Vec<usize> = counts
+                .split(',')
+                .map(|c| c.trim().parse().context("--counts takes numbers"))
+                .collect::<Result<_>>()?;
+            let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+            let rows = roles::learners(bin, &counts, &load).await?;
+            println!(
+                "# 3 voters + N learners (each a process on loopback); {} clients over {}+ conns spread over every endpoint",
+                load.clients, load.conns
+            );
+            println!("# serializable range of one key");
+            println!(
+                "{:<10} | {:>10} | {:>8} | {:>8}",
+                "learners", "req/s", "p50 ms", "p99 ms"
+            );
+            println!("{}", "-".repeat(46));
+            for (n, st) in rows {
+                println!(
+                    "{:<10} | {:>10.0} | {:>8.2} | {:>8.2}",
+                    n,
+                    st.ops as f64 / st.elapsed.as_secs_f64(),
+                    st.p50.as_secs_f64() * 1e3,
+                    st.p99.as_secs_f64() * 1e3
+                );
+            }
+        }
+        Cmd::ProxyWatchers {
+            cairn_bin,
+            etcd_bin,
+            watchers,
+        } => {
+            let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+            let etcd = roles::proxy_watchers(Kind::Etcd, etcd_bin, watchers).await?;
+            let cairn = roles::proxy_watchers(Kind::Cairn, bin, watchers).await?;
+            println!("# {watchers} idle watchers of one key through a proxy, 100 per stream");
+            println!(
+                "{:<22} | {:>16} | {:>14}",
+                "proxy", "bytes/watcher", "idle RSS MiB"
+            );
+            println!("{}", "-".repeat(58));
+            for (name, (per, idle)) in [("etcd grpc-proxy", etcd), ("cairn --role proxy", cairn)] {
+                println!(
+                    "{:<22} | {:>16} | {:>14.2}",
+                    name,
+                    per,
+                    idle as f64 / (1 << 20) as f64
+                );
+            }
         }
         Cmd::Run {
             endpoints,
