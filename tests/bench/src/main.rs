@@ -115,6 +115,10 @@ enum Cmd {
         /// Learner counts to measure, comma-separated.
         #[arg(long, default_value = "0,1,2,4")]
         counts: String,
+        /// Limit each member to this many cores (its own cgroup), as if
+        /// each were a host of its own.
+        #[arg(long)]
+        member_cpu: Option<f64>,
         #[command(flatten)]
         load: Load,
     },
@@ -203,6 +207,7 @@ async fn main() -> Result<()> {
         Cmd::Learners {
             cairn_bin,
             counts,
+            member_cpu,
             load,
         } => {
             let counts: Vec<usize> = counts
@@ -210,11 +215,14 @@ async fn main() -> Result<()> {
                 .map(|c| c.trim().parse().context("--counts takes numbers"))
                 .collect::<Result<_>>()?;
             let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
-            let rows = roles::learners(bin, &counts, &load).await?;
+            let rows = roles::learners(bin, &counts, &load, member_cpu).await?;
             println!(
                 "# 3 voters + N learners (each a process on loopback); {} clients over {}+ conns spread over every endpoint",
                 load.clients, load.conns
             );
+            if let Some(cores) = member_cpu {
+                println!("# each member limited to {cores} cores (cgroup cpu quota)");
+            }
             println!("# serializable range of one key");
             println!(
                 "{:<10} | {:>10} | {:>8} | {:>8}",

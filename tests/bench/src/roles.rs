@@ -4,6 +4,11 @@
 //!   learners are added (each a process on loopback, added with `--role
 //!   learner --endpoints ...`); the clients' connections are spread over
 //!   every member's endpoint, voters and learners alike.
+//!   On one machine every process shares the same cores, so more processes
+//!   cannot add capacity; `--member-cpu F` puts each member in its own
+//!   cgroup (v1 `cpu` controller) limited to F cores, so that the members,
+//!   not the machine, bound the throughput, as when each learner is
+//!   another host.
 //! - `proxy-watchers`: resident memory per idle watcher on a proxy in front
 //!   of one member, for cairn's `--role proxy` and etcd's `grpc-proxy`; the
 //!   watchers all watch one key (fan-out), 100 per stream.
@@ -18,12 +23,58 @@ use etcd_client::{Client, ConnectOptions};
 
 use crate::{Load, Stats, range_load};
 
-pub async fn learners(bin: PathBuf, counts: &[usize], load: &Load) -> Result<Vec<(usize, Stats)>> {
+/// A cgroup (v1 `cpu` controller) holding one process, limited to a share
+/// of a core; removed on drop (after the process is gone).
+pub struct CpuLimit(PathBuf);
+
+impl CpuLimit {
+    pub fn new(pid: u32, cores: f64) -> Result<CpuLimit> {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/cgroup/cpu/cairn-bench-{}-{pid}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!("creating {} (needs root and cgroup v1 cpu)", dir.display())
+        })?;
+        // A short period: throttled members wait at most 10 ms, not 100.
+        let period = 10_000u64;
+        std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+        std::fs::write(
+            dir.join("cpu.cfs_quota_us"),
+            ((cores * period as f64) as u64).max(1000).to_string(),
+        )?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", dir.display()))?;
+        Ok(CpuLimit(dir))
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub async fn learners(
+    bin: PathBuf,
+    counts: &[usize],
+    load: &Load,
+    member_cpu: Option<f64>,
+) -> Result<Vec<(usize, Stats)>> {
     let most = counts.iter().copied().max().unwrap_or(0);
+    let mut limits = Vec::new();
     let mut c = Cluster::prepare(Kind::Cairn, 3, &[]);
     c.bin = Some(bin);
     for i in 0..3 {
         c.spawn(i, "new");
+        if let Some(cores) = member_cpu {
+            limits.push(CpuLimit::new(c.members[i].pid().unwrap(), cores)?);
+        }
     }
     for i in 0..3 {
         c.wait_ready(i).await;
@@ -36,6 +87,9 @@ pub async fn learners(bin: PathBuf, counts: &[usize], load: &Load) -> Result<Vec
         while learners.len() < n.min(most) {
             let i = c.new_member();
             c.spawn_role(i, "learner", &[0, 1, 2]);
+            if let Some(cores) = member_cpu {
+                limits.push(CpuLimit::new(c.members[i].pid().unwrap(), cores)?);
+            }
             c.wait_ready(i).await;
             learners.push(i);
         }
@@ -44,13 +98,16 @@ pub async fn learners(bin: PathBuf, counts: &[usize], load: &Load) -> Result<Vec
             .map(|i| c.members[i].client_url())
             .collect();
         eprintln!("learners: {n}, endpoints {}", endpoints.len());
-        let conns = load.conns.max(endpoints.len());
+        // The same number of connections to every endpoint.
+        let conns = load.conns.max(endpoints.len()).div_ceil(endpoints.len()) * endpoints.len();
         let load = Load {
             conns,
             ..load.clone()
         };
         out.push((n, range_load(&endpoints, &load, true).await?));
     }
+    drop(c);
+    drop(limits);
     Ok(out)
 }
 
