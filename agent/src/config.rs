@@ -31,6 +31,8 @@ pub struct Config {
     pub log_level: String,
     pub enable_v2: bool,
     pub peer_tls: crate::peer::tls::PeerTls,
+    /// TLS for `https://` client URLs.
+    pub client_tls: crate::serve::tls::ClientTls,
     pub strict_reconfig_check: bool,
     /// `--experimental-lease-checkpoint-interval` unless
     /// `--experimental-enable-lease-checkpoint=false`.
@@ -78,6 +80,8 @@ impl Role {
 pub struct ListenUrl {
     pub addr: ListenAddr,
     pub original: String,
+    /// An `https://` URL: served with `--cert-file`/`--key-file`.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +146,13 @@ const VALUE_FLAGS: &[&str] = &[
     "peer-cert-file",
     "peer-key-file",
     "peer-trusted-ca-file",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-crl-file",
+    "tls-min-version",
+    "tls-max-version",
+    "cipher-suites",
     "experimental-lease-checkpoint-interval",
     "config",
     "role",
@@ -161,6 +172,8 @@ const BOOL_FLAGS: &[&str] = &[
     "no-socket",
     "peer-client-cert-auth",
     "peer-auto-tls",
+    "client-cert-auth",
+    "auto-tls",
     "strict-reconfig-check",
     "experimental-enable-lease-checkpoint",
 ];
@@ -341,6 +354,27 @@ impl Config {
                 client_cert_auth: boolean(s, "peer-client-cert-auth", false)?,
                 auto_tls: boolean(s, "peer-auto-tls", false)?,
             },
+            client_tls: crate::serve::tls::ClientTls {
+                cert_file: get("cert-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                key_file: get("key-file").filter(|v| !v.is_empty()).map(PathBuf::from),
+                trusted_ca_file: get("trusted-ca-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                client_cert_auth: boolean(s, "client-cert-auth", false)?,
+                crl_file: get("client-crl-file")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                auto_tls: boolean(s, "auto-tls", false)?,
+                min_version: get("tls-min-version")
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string),
+                max_version: get("tls-max-version")
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string),
+                cipher_suites: list(get("cipher-suites").unwrap_or("")),
+            },
             strict_reconfig_check: boolean(s, "strict-reconfig-check", true)?,
             // On by default (etcd: off): a leader change must not give
             // leases their full TTL back.
@@ -461,6 +495,15 @@ impl Config {
     }
 
     fn validate_common(&self) -> Result<(), ConfigError> {
+        if let Some(u) = self.listen_client_urls.iter().find(|u| u.tls)
+            && !self.client_tls.has_certificate()
+        {
+            return Err(invalid(
+                "--listen-client-urls",
+                &u.original,
+                "an https URL needs --cert-file and --key-file (or --auto-tls)",
+            ));
+        }
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
             return Err(invalid(
                 "--election-timeout",
@@ -545,13 +588,14 @@ fn listen_urls(flag: &str, v: &str) -> Result<Vec<ListenUrl>, ConfigError> {
         .map(|original| {
             let bad = |why: &str| invalid(&format!("--{flag}"), &original, why);
             let u = url::Url::parse(&original).map_err(|e| bad(&e.to_string()))?;
+            let tls = u.scheme() == "https";
             let addr = match u.scheme() {
                 "unix" | "unixs" => ListenAddr::Unix(PathBuf::from(format!(
                     "{}{}",
                     u.host_str().unwrap_or(""),
                     u.path()
                 ))),
-                "http" => {
+                "http" | "https" => {
                     let host = match u.host_str() {
                         Some("localhost") => "127.0.0.1",
                         Some(h) => h.trim_start_matches('[').trim_end_matches(']'),
@@ -568,10 +612,13 @@ fn listen_urls(flag: &str, v: &str) -> Result<Vec<ListenUrl>, ConfigError> {
                         .ok_or_else(|| bad("no address"))?;
                     ListenAddr::Tcp(addr)
                 }
-                "https" => return Err(bad("TLS is not supported yet")),
                 s => return Err(bad(&format!("unsupported scheme {s:?}"))),
             };
-            Ok(ListenUrl { addr, original })
+            Ok(ListenUrl {
+                addr,
+                original,
+                tls,
+            })
         })
         .collect()
 }

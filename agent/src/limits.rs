@@ -48,3 +48,7 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Raft messages queued towards one peer; beyond it they are dropped and
 /// raft retransmits.
 pub const PEER_SEND_QUEUE: usize = 4096;
+/// TLS connections whose handshake finished, waiting for the server.
+pub const TLS_ACCEPT_QUEUE: usize = 1024;
+/// A client that has not finished its TLS handshake by then is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -77,11 +77,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut unix = Vec::new();
     for url in &cfg.listen_client_urls {
         match &url.addr {
-            ListenAddr::Tcp(addr) => {
-                tcp.push(TcpListener::bind(addr).await.with_context(|| {
+            ListenAddr::Tcp(addr) => tcp.push((
+                TcpListener::bind(addr).await.with_context(|| {
                     format!("listen tcp {addr} (--listen-client-urls {})", url.original)
-                })?)
-            }
+                })?,
+                url.tls,
+            )),
             ListenAddr::Unix(path) => unix.push(serve::bind_unix(
                 path,
                 cfg.socket_mode,
@@ -96,6 +97,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.socket_group.as_deref(),
         )?);
     }
+
+    // Client TLS is checked before the data directory is touched, like
+    // the ports.
+    let client_tls = if tcp.iter().any(|(_, tls)| *tls) {
+        let hosts: Vec<String> = cfg
+            .advertise_client_urls
+            .iter()
+            .filter_map(|u| cairn_agent::peer::host_port(u).map(|(h, _)| h))
+            .collect();
+        Some(
+            cfg.client_tls
+                .server_config(&cfg.data_dir, &hosts)
+                .context("client TLS")?,
+        )
+    } else {
+        None
+    };
 
     let peer_addr = match cfg.listen_peer_urls.first().map(|u| (&u.addr, &u.original)) {
         Some((ListenAddr::Tcp(a), _)) => *a,
@@ -176,13 +194,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for l in tcp {
-        tracing::info!(addr = %l.local_addr()?, "serving client requests");
-        tasks.spawn(serve::serve_tcp(
-            serve::routes(&api),
-            l,
-            stopped(stop_rx.clone()),
-        ));
+    for (l, tls) in tcp {
+        match (tls, &client_tls) {
+            (true, Some(config)) => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests (TLS)");
+                tasks.spawn(serve::serve_tls(
+                    serve::routes(&api),
+                    l,
+                    config.clone(),
+                    stopped(stop_rx.clone()),
+                ));
+            }
+            _ => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests");
+                tasks.spawn(serve::serve_tcp(
+                    serve::routes(&api),
+                    l,
+                    stopped(stop_rx.clone()),
+                ));
+            }
+        }
     }
     for l in unix {
         tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");

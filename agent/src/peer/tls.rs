@@ -50,7 +50,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::File {
         flag,
         path: path.display().to_string(),
@@ -58,7 +58,10 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(flag, path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -77,7 +80,7 @@ fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-fn key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(flag, path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| e.to_string())
@@ -91,7 +94,8 @@ fn key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsErr
 
 /// A self-signed certificate for this member, made once and kept in the
 /// data directory.
-fn auto_cert(
+pub(crate) fn auto_cert(
+    flag: &'static str,
     dir: &Path,
     hosts: &[String],
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
@@ -115,10 +119,7 @@ fn auto_cert(
         }
         std::fs::write(&cert_path, ck.cert.pem()).map_err(io)?;
     }
-    Ok((
-        certs("--peer-auto-tls", &cert_path)?,
-        key("--peer-auto-tls", &key_path)?,
-    ))
+    Ok((certs(flag, &cert_path)?, key(flag, &key_path)?))
 }
 
 impl PeerTls {
@@ -133,7 +134,11 @@ impl PeerTls {
                     "--peer-cert-file and --peer-key-file go together".into(),
                 ));
             }
-            (None, None) => auto_cert(&data_dir.join("fixtures").join("peer"), hosts)?,
+            (None, None) => auto_cert(
+                "--peer-auto-tls",
+                &data_dir.join("fixtures").join("peer"),
+                hosts,
+            )?,
         };
         let roots = match &self.trusted_ca_file {
             Some(ca) => {

@@ -21,7 +21,9 @@ mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod pki;
 mod roles;
+mod tls;
 mod watch;
 
 use cairn_tests::Subject;
