@@ -8,6 +8,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
+pub mod proxy_role;
 pub mod serve;
 pub mod server;
 pub mod staleness;

@@ -1,17 +1,318 @@
-//! The serializable-read cache (owned by the forwarding helper).
-use std::sync::Arc;
+//! The serializable-read cache: a bounded LRU of serializable Range
+//! answers (revision 0 only), kept coherent by one upstream watch over the
+//! namespace. Every event invalidates the entries whose range holds its
+//! key; an answer is cached only if it is at least as new as everything
+//! the watch has already passed and every write this proxy acknowledged;
+//! while the watch is down the cache is empty and bypassed.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{ProxyConfig, Stats, namespace::Namespace, upstream::Upstream};
+use cairn_proto::etcdserverpb::{
+    RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest, WatchRequest,
+    watch_client::WatchClient, watch_request::RequestUnion,
+};
+use futures::StreamExt;
+use prost::Message;
 
-pub(crate) struct Cache {}
+use crate::namespace::{Namespace, prefix_end};
+use crate::upstream::Upstream;
+use crate::{ProxyConfig, Stats};
+
+pub(crate) struct Cache {
+    cap: usize,
+    max_stale: Option<Duration>,
+    stats: Arc<Stats>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    live: bool,
+    /// The revision the watch has passed.
+    watched: i64,
+    /// The newest revision of a write this proxy acknowledged.
+    written: i64,
+    tick: u64,
+    entries: HashMap<Vec<u8>, Entry>,
+    lru: BTreeMap<u64, Vec<u8>>,
+}
+
+struct Entry {
+    key: Vec<u8>,
+    end: Vec<u8>,
+    resp: RangeResponse,
+    tick: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether two ranges share a key.
+fn overlaps(a: (&[u8], &[u8]), b: (&[u8], &[u8])) -> bool {
+    let hi = |(k, e): (&[u8], &[u8])| -> Option<Vec<u8>> {
+        match e {
+            [] => {
+                let mut x = k.to_vec();
+                x.push(0);
+                Some(x)
+            }
+            [0] => None,
+            e => Some(e.to_vec()),
+        }
+    };
+    let a_below_b = hi(a).is_some_and(|h| h.as_slice() <= b.0);
+    let b_below_a = hi(b).is_some_and(|h| h.as_slice() <= a.0);
+    !a_below_b && !b_below_a
+}
+
+fn cacheable(req: &RangeRequest) -> bool {
+    req.serializable && req.revision == 0
+}
+
+impl State {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.lru.clear();
+    }
+
+    fn invalidate(&mut self, key: &[u8], end: &[u8]) {
+        let gone: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| overlaps((&e.key, &e.end), (key, end)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(e) = self.entries.remove(&k) {
+                self.lru.remove(&e.tick);
+            }
+        }
+    }
+}
 
 impl Cache {
     pub(crate) fn new(
-        _config: &ProxyConfig,
-        _upstream: Upstream,
-        _ns: Namespace,
-        _stats: Arc<Stats>,
+        config: &ProxyConfig,
+        upstream: Upstream,
+        ns: Namespace,
+        stats: Arc<Stats>,
     ) -> Cache {
-        Cache {}
+        let cache = Cache {
+            cap: config.cache_entries,
+            max_stale: config.max_stale,
+            stats: stats.clone(),
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        if cache.cap > 0 {
+            let every = config
+                .max_stale
+                .map(|m| (m / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::spawn(watch_loop(upstream, ns, stats, cache.state.clone(), every));
+        }
+        cache
+    }
+
+    fn fresh_enough(&self) -> bool {
+        match self.max_stale {
+            None => true,
+            Some(max) => {
+                let at = self.stats.cache_current_at_ms.load(Ordering::Relaxed);
+                at > 0 && now_ms() - at <= max.as_millis() as i64
+            }
+        }
+    }
+
+    /// A cached answer to `req`, if there is one.
+    pub(crate) fn get(&self, req: &RangeRequest) -> Option<RangeResponse> {
+        if self.cap == 0 || !cacheable(req) {
+            return None;
+        }
+        let mut st = self.state.lock().unwrap();
+        let hit = if st.live && self.fresh_enough() {
+            let id = req.encode_to_vec();
+            st.tick += 1;
+            let tick = st.tick;
+            let (old, resp) = match st.entries.get_mut(&id) {
+                Some(e) => {
+                    let old = e.tick;
+                    e.tick = tick;
+                    (Some(old), Some(e.resp.clone()))
+                }
+                None => (None, None),
+            };
+            if let Some(old) = old {
+                st.lru.remove(&old);
+                st.lru.insert(tick, id);
+            }
+            resp
+        } else {
+            None
+        };
+        let counter = if hit.is_some() {
+            &self.stats.cache_hits
+        } else {
+            &self.stats.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    /// Offers a forwarded answer to the cache.
+    pub(crate) fn put(&self, req: &RangeRequest, resp: &RangeResponse) {
+        if self.cap == 0 || !cacheable(req) {
+            return;
+        }
+        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        let mut st = self.state.lock().unwrap();
+        if !st.live || rev < st.watched || rev < st.written {
+            return;
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        let id = req.encode_to_vec();
+        if let Some(old) = st.entries.insert(
+            id.clone(),
+            Entry {
+                key: req.key.clone(),
+                end: req.range_end.clone(),
+                resp: resp.clone(),
+                tick,
+            },
+        ) {
+            st.lru.remove(&old.tick);
+        }
+        st.lru.insert(tick, id);
+        while st.entries.len() > self.cap {
+            let Some((_, oldest)) = st.lru.pop_first() else {
+                break;
+            };
+            st.entries.remove(&oldest);
+        }
+    }
+
+    /// A write through this proxy changed [key, end): forget what it
+    /// touched before the client hears back.
+    pub(crate) fn wrote(&self, key: &[u8], end: &[u8], header: &Option<ResponseHeader>) {
+        let mut st = self.state.lock().unwrap();
+        st.invalidate(key, end);
+        if let Some(h) = header {
+            st.written = st.written.max(h.revision);
+        }
+    }
+
+    /// A write whose keys are not worked out (a txn): forget everything.
+    pub(crate) fn clear_after(&self, header: &Option<ResponseHeader>) {
+        let mut st = self.state.lock().unwrap();
+        st.clear();
+        if let Some(h) = header {
+            st.written = st.written.max(h.revision);
+        }
+    }
+}
+
+/// Keeps one upstream watch over the namespace and applies its events.
+async fn watch_loop(
+    upstream: Upstream,
+    ns: Namespace,
+    stats: Arc<Stats>,
+    state: Arc<Mutex<State>>,
+    every: Duration,
+) {
+    let (key, range_end) = if ns.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (ns.prefix().to_vec(), prefix_end(ns.prefix()))
+    };
+    loop {
+        let (picked, channel) = upstream.pick();
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.clone(),
+                range_end: range_end.clone(),
+                progress_notify: true,
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.send(create).await;
+        // A progress answer says every event up to the member's current
+        // revision has been delivered: the cache is current as of then.
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let progress = WatchRequest {
+                    request_union: Some(RequestUnion::ProgressRequest(Default::default())),
+                };
+                if ticker.send(progress).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+        match WatchClient::new(channel).watch(requests).await {
+            Ok(resp) => {
+                let mut events = resp.into_inner();
+                stats.upstream_watches.fetch_add(1, Ordering::Relaxed);
+                while let Some(Ok(r)) = events.next().await {
+                    if r.canceled {
+                        break;
+                    }
+                    let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                    let mut st = state.lock().unwrap();
+                    for e in &r.events {
+                        if let Some(kv) = &e.kv {
+                            let mut k = kv.key.clone();
+                            ns.strip(&mut k);
+                            st.invalidate(&k, &[]);
+                        }
+                    }
+                    st.watched = st.watched.max(rev);
+                    st.live = true;
+                    stats.cache_revision.store(st.watched, Ordering::Relaxed);
+                    let seen = stats
+                        .upstream_revision
+                        .fetch_max(rev, Ordering::Relaxed)
+                        .max(rev);
+                    if st.watched >= seen || r.events.is_empty() {
+                        // A created or progress answer: the watch has
+                        // everything up to the member's current revision.
+                        stats.cache_current_at_ms.store(now_ms(), Ordering::Relaxed);
+                    }
+                }
+                stats.upstream_watches.fetch_sub(1, Ordering::Relaxed);
+                drop(tx);
+            }
+            Err(e) => tracing::debug!(error = %e, "cache watch failed"),
+        }
+        {
+            let mut st = state.lock().unwrap();
+            st.live = false;
+            st.clear();
+        }
+        upstream.failed(&picked);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_overlap_as_etcd_defines_them() {
+        assert!(overlaps((b"a", b""), (b"a", b"")));
+        assert!(!overlaps((b"a", b""), (b"b", b"")));
+        assert!(overlaps((b"a", b"c"), (b"b", b"")));
+        assert!(!overlaps((b"a", b"b"), (b"b", b"")));
+        assert!(overlaps((b"a", b"\0"), (b"z", b"")));
+        assert!(!overlaps((b"m", b"\0"), (b"a", b"b")));
     }
 }

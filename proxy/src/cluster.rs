@@ -1,1 +1,90 @@
-//! Forwarding of the cluster service (owned by the forwarding helper).
+//! Cluster (membership) forwarded to the cluster.
+use cairn_proto::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, cluster_client::ClusterClient,
+    cluster_server::Cluster,
+};
+use tonic::{Request, Response, Status};
+
+use crate::Proxy;
+
+macro_rules! forward {
+    ($self:ident, $r:ident, $method:ident, $idempotent:expr) => {{
+        let req = $r.into_inner();
+        let resp = $self
+            .0
+            .call($idempotent, |c| {
+                let req = req.clone();
+                async move { ClusterClient::new(c).$method(req).await }
+            })
+            .await?;
+        $self.0.saw(&resp.header);
+        Ok(Response::new(resp))
+    }};
+}
+
+#[tonic::async_trait]
+impl Cluster for Proxy {
+    async fn member_add(
+        &self,
+        r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        forward!(self, r, member_add, false)
+    }
+
+    async fn member_remove(
+        &self,
+        r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        forward!(self, r, member_remove, false)
+    }
+
+    async fn member_update(
+        &self,
+        r: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        forward!(self, r, member_update, false)
+    }
+
+    async fn member_list(
+        &self,
+        r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        forward!(self, r, member_list, true)
+    }
+
+    async fn member_promote(
+        &self,
+        r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        forward!(self, r, member_promote, false)
+    }
+}
+
+/// Refreshes the endpoint list from MemberList every `every`.
+pub(crate) async fn refresh_loop(inner: std::sync::Weak<crate::Inner>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let list = inner
+            .call(true, |c| async move {
+                ClusterClient::new(c)
+                    .member_list(MemberListRequest {
+                        linearizable: false,
+                    })
+                    .await
+            })
+            .await;
+        if let Ok(list) = list {
+            let urls: Vec<String> = list
+                .members
+                .iter()
+                .flat_map(|m| m.client_ur_ls.iter().cloned())
+                .collect();
+            inner.upstream.set_endpoints(&urls);
+        }
+    }
+}

@@ -18,12 +18,15 @@ use std::time::Duration;
 
 mod cache;
 mod cluster;
+mod forward;
 mod kv;
 mod lease;
 mod maintenance;
 pub mod namespace;
 pub mod upstream;
 mod watch;
+
+pub type BoxStream<T> = cairn_proto::service::BoxStream<T>;
 
 /// What the proxy needs to know; the agent fills it from its flags and
 /// TOML config.
@@ -99,8 +102,9 @@ pub struct Stats {
 }
 
 impl Proxy {
-    /// Builds the proxy. Fails only on malformed endpoints; unreachable
-    /// endpoints are retried per request.
+    /// Builds the proxy (inside a tokio runtime: it starts the cache's
+    /// watch and the endpoint refresh). Fails only on malformed endpoints;
+    /// unreachable endpoints are retried per request.
     pub fn new(config: ProxyConfig) -> anyhow::Result<Proxy> {
         let upstream = upstream::Upstream::new(&config.endpoints, config.dial_timeout)?;
         let ns = namespace::Namespace::new(config.namespace.clone());
@@ -108,7 +112,8 @@ impl Proxy {
         let cache = cache::Cache::new(&config, upstream.clone(), ns.clone(), stats.clone());
         let leases = lease::Leases::new(&config, upstream.clone(), stats.clone());
         let watches = watch::Watches::new(&config, upstream.clone(), ns.clone(), stats.clone());
-        Ok(Proxy(Arc::new(Inner {
+        let refresh = config.refresh_interval;
+        let inner = Arc::new(Inner {
             config,
             upstream,
             ns,
@@ -116,7 +121,25 @@ impl Proxy {
             cache,
             leases,
             watches,
-        })))
+        });
+        tokio::spawn(cluster::refresh_loop(Arc::downgrade(&inner), refresh));
+        Ok(Proxy(inner))
+    }
+
+    /// How far the proxy's cache is behind: revisions (the newest revision
+    /// seen upstream minus the cache's) and milliseconds since the cache was
+    /// last known to be current.
+    pub fn behind(&self) -> (i64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0.stats;
+        let revs = (s.upstream_revision.load(Relaxed) - s.cache_revision.load(Relaxed)).max(0);
+        let at = s.cache_current_at_ms.load(Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let ms = if at == 0 { now } else { now - at };
+        (revs, ms.max(0) as u64)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -129,5 +152,33 @@ impl Proxy {
 
     pub fn config(&self) -> &ProxyConfig {
         &self.0.config
+    }
+}
+
+impl cairn_proto::service::StreamCalls for Proxy {
+    fn watch_stream(
+        &self,
+        input: BoxStream<cairn_proto::etcdserverpb::WatchRequest>,
+    ) -> BoxStream<cairn_proto::etcdserverpb::WatchResponse> {
+        Proxy::watch_stream(self, input)
+    }
+
+    fn keep_alive_once(
+        &self,
+        req: cairn_proto::etcdserverpb::LeaseKeepAliveRequest,
+    ) -> cairn_proto::service::BoxFuture<
+        '_,
+        Result<cairn_proto::etcdserverpb::LeaseKeepAliveResponse, tonic::Status>,
+    > {
+        Box::pin(self.0.leases.keep_alive(req.id))
+    }
+
+    fn status_now(
+        &self,
+    ) -> cairn_proto::service::BoxFuture<
+        '_,
+        Result<cairn_proto::etcdserverpb::StatusResponse, tonic::Status>,
+    > {
+        Box::pin(Proxy::status_now(self))
     }
 }

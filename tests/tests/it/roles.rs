@@ -322,3 +322,133 @@ async fn a_cut_off_learner_reports_staleness_and_max_stale_refuses_old_reads() {
     })
     .await;
 }
+
+/// The sum of a metric over members `of`.
+fn metric_sum(c: &Cluster, of: &[usize], name: &str) -> f64 {
+    of.iter().map(|&i| metric(c, i, name).unwrap_or(0.0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_forwards_the_api_coalesces_watches_and_survives_a_member_loss() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::start(Kind::Cairn, 3, &[]).await;
+    let p = c.new_member();
+    c.spawn_role(p, "proxy", &[0, 1, 2]);
+    c.wait_ready(p).await;
+    let proxy_ep = c.members[p].client_url();
+
+    // etcdctl through the proxy: writes, reads, txn, members, status.
+    let out = etcdctl(&proxy_ep, &["put", "pk", "pv"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = etcdctl(&proxy_ep, &["get", "pk", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pv");
+    let mut direct = c.client(1).await;
+    let r = direct.get("pk", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"pv");
+    let out = etcdctl(&proxy_ep, &["member", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        3,
+        "{out:?}"
+    );
+    assert_eq!(status_json(&c, p)["cairnRole"], "proxy");
+    // The proxy's own local socket (it has no data, the socket lives in
+    // its --data-dir by default).
+    let socket = c.members[p].data_dir.join("cairn.sock");
+    let out = etcdctl(
+        &format!("unix://{}", socket.display()),
+        &["get", "pk", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pv", "{out:?}");
+    // No data directory content: only the socket.
+    let entries: Vec<String> = std::fs::read_dir(&c.members[p].data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["cairn.sock"]);
+
+    // Lease keep-alive through the proxy.
+    let mut pc = c.client(p).await;
+    let lease = pc.lease_grant(10, None).await.unwrap().id();
+    let (mut keeper, mut replies) = pc.lease_keep_alive(lease).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert_eq!(reply.ttl(), 10);
+
+    // 100 identical watches through the proxy: one more watcher upstream.
+    let voters = [0, 1, 2];
+    let before = metric_sum(&c, &voters, "etcd_debugging_mvcc_watcher");
+    let mut streams = Vec::new();
+    let mut created = Vec::new();
+    for _ in 0..10 {
+        let mut s = pc.watch("w", None).await.unwrap();
+        let first = s.message().await.unwrap().unwrap();
+        assert!(first.created());
+        created.push(first.header().unwrap().revision());
+        for _ in 1..10 {
+            s.watch("w", None).await.unwrap();
+            let r = s.message().await.unwrap().unwrap();
+            assert!(r.created());
+            created.push(r.header().unwrap().revision());
+        }
+        streams.push(s);
+    }
+    let after = eventually("one upstream watch", Duration::from_secs(10), || {
+        let v = metric_sum(&c, &voters, "etcd_debugging_mvcc_watcher");
+        async move { (v >= before + 1.0).then_some(v) }
+    })
+    .await;
+    assert_eq!(
+        after,
+        before + 1.0,
+        "100 identical watches must share one upstream watch"
+    );
+
+    // Writes before and after the loss of the member the proxy talks to
+    // (the first endpoint): every watcher sees each of them exactly once.
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        let r = direct.put("w", format!("a{n}"), None).await.unwrap();
+        acked.push(r.header().unwrap().revision());
+    }
+    c.kill9(0);
+    for n in 0..5 {
+        let r = eventually("write after the kill", Duration::from_secs(20), || {
+            let mut d = direct.clone();
+            async move { d.put("w", format!("b{n}"), None).await.ok() }
+        })
+        .await;
+        acked.push(r.header().unwrap().revision());
+    }
+    let first_created = *created.iter().min().unwrap();
+    assert!(acked.iter().all(|r| *r > first_created));
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut seen: Vec<Vec<i64>> = (0..10).map(|_| Vec::new()).collect();
+        let mut ids = std::collections::HashMap::new();
+        while seen.iter().any(|v| v.len() < acked.len()) {
+            let r = tokio::time::timeout(Duration::from_secs(20), s.message())
+                .await
+                .unwrap_or_else(|_| panic!("stream {i}: events stopped: {seen:?}"))
+                .unwrap()
+                .unwrap();
+            let next = ids.len();
+            let slot = *ids.entry(r.watch_id()).or_insert(next);
+            for e in r.events() {
+                seen[slot].push(e.kv().unwrap().mod_revision());
+            }
+        }
+        for v in &seen {
+            assert_eq!(v, &acked, "stream {i}: lost or repeated events");
+        }
+    }
+    // Cancel every client watch: the upstream watch goes away too.
+    drop(streams);
+    eventually("upstream watch released", Duration::from_secs(10), || {
+        let v = metric_sum(&c, &[1, 2], "etcd_debugging_mvcc_watcher");
+        let up = metric(&c, p, "cairn_proxy_upstream_watches").unwrap_or(f64::NAN);
+        async move { (v <= 1.0 && up <= 1.0).then_some(()) }
+    })
+    .await;
+}
