@@ -452,3 +452,180 @@ async fn a_proxy_forwards_the_api_coalesces_watches_and_survives_a_member_loss()
     })
     .await;
 }
+
+/// Reads the next watch response within 10 s.
+async fn next_watch(s: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("watch response within 10 s")
+        .unwrap()
+        .expect("watch stream open")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespaced_proxy_keeps_watches_keep_alives_and_its_cache_correct() {
+    if !cairn_only() {
+        return;
+    }
+    use etcd_client::WatchFilterType;
+    let mut c = Cluster::start(Kind::Cairn, 1, &[]).await;
+    let p = c.new_member();
+    c.members[p]
+        .extra_args
+        .extend(["--namespace".to_string(), "tenant/".to_string()]);
+    c.spawn_role(p, "proxy", &[0]);
+    c.wait_ready(p).await;
+    let mut up = c.client(0).await;
+    let mut pc = c.client(p).await;
+
+    // Namespace: keys live under the prefix upstream; ranges through the
+    // proxy never see anything outside it.
+    up.put("outside", "x", None).await.unwrap();
+    pc.put("a", "1", None).await.unwrap();
+    let r = up.get("tenant/a", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"1");
+    let all = pc
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = all.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    assert_eq!(keys, ["a"]);
+
+    // Watches: filters, prev_kv, history from a start revision, progress.
+    let mut s = pc
+        .watch(
+            "a",
+            Some(
+                WatchOptions::new()
+                    .with_prev_key()
+                    .with_filters([WatchFilterType::NoDelete]),
+            ),
+        )
+        .await
+        .unwrap();
+    let created = next_watch(&mut s).await;
+    assert!(created.created());
+    let put = pc.put("a", "2", None).await.unwrap();
+    let put_rev = put.header().unwrap().revision();
+    pc.delete("a", None).await.unwrap();
+    let last = pc
+        .put("a", "3", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let e1 = next_watch(&mut s).await;
+    assert_eq!(e1.events().len(), 1);
+    let kv = e1.events()[0].kv().unwrap();
+    assert_eq!((kv.key(), kv.value()), (&b"a"[..], &b"2"[..]));
+    assert_eq!(e1.events()[0].prev_kv().unwrap().key(), b"a");
+    assert_eq!(e1.events()[0].prev_kv().unwrap().value(), b"1");
+    // The delete is filtered out; the next put comes next.
+    let e2 = next_watch(&mut s).await;
+    assert_eq!(e2.events()[0].kv().unwrap().mod_revision(), last);
+    s.request_progress().await.unwrap();
+    let progress = next_watch(&mut s).await;
+    assert!(progress.events().is_empty());
+    assert!(progress.header().unwrap().revision() >= last);
+    // A watch from a past revision replays history, namespace stripped.
+    let mut h = pc
+        .watch("a", Some(WatchOptions::new().with_start_revision(put_rev)))
+        .await
+        .unwrap();
+    assert!(next_watch(&mut h).await.created());
+    let mut revs = Vec::new();
+    while revs.len() < 3 {
+        for e in next_watch(&mut h).await.events() {
+            assert_eq!(e.kv().unwrap().key(), b"a");
+            revs.push(e.kv().unwrap().mod_revision());
+        }
+    }
+    assert_eq!(revs, [put_rev, put_rev + 1, last]);
+    // A compacted start revision is refused as a member refuses it.
+    up.compact(last, None).await.unwrap();
+    let mut old = pc
+        .watch("a", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .unwrap();
+    let mut r = next_watch(&mut old).await;
+    if !r.canceled() {
+        r = next_watch(&mut old).await;
+    }
+    assert!(r.canceled());
+    assert_eq!(r.compact_revision(), last);
+
+    // Keep-alives: ten clients on one lease share upstream renewals, and a
+    // revoked lease is answered with TTL 0, never a stale TTL.
+    let lease = pc.lease_grant(30, None).await.unwrap().id();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut client = c.client(p).await;
+        tasks.push(tokio::spawn(async move {
+            let (mut k, mut a) = client.lease_keep_alive(lease).await.unwrap();
+            let mut ttls = Vec::new();
+            for _ in 0..5 {
+                k.keep_alive().await.unwrap();
+                ttls.push(a.message().await.unwrap().unwrap().ttl());
+            }
+            ttls
+        }));
+    }
+    for t in tasks {
+        let ttls = t.await.unwrap();
+        assert!(ttls.iter().all(|t| (28..=30).contains(t)), "{ttls:?}");
+    }
+    let client_n = metric(&c, p, "cairn_proxy_keepalives_client_total").unwrap();
+    let upstream_n = metric(&c, p, "cairn_proxy_keepalives_upstream_total").unwrap();
+    assert!(client_n >= 50.0, "{client_n}");
+    assert!(
+        upstream_n < client_n,
+        "{upstream_n} upstream renewals for {client_n} requests"
+    );
+    up.lease_revoke(lease).await.unwrap();
+    // etcd-client turns the TTL-0 answer into "lease not found".
+    match pc.lease_keep_alive(lease).await {
+        Err(e) => assert!(e.to_string().contains("lease not found"), "{e}"),
+        Ok(_) => panic!("a revoked lease was renewed through the proxy"),
+    }
+
+    // The cache: a serializable read through the proxy sees a write made
+    // directly upstream (the cache's watch invalidates it), and always
+    // sees a write made through the proxy.
+    let ser = || Some(GetOptions::new().with_serializable());
+    pc.put("c", "1", None).await.unwrap();
+    assert_eq!(pc.get("c", ser()).await.unwrap().kvs()[0].value(), b"1");
+    assert_eq!(pc.get("c", ser()).await.unwrap().kvs()[0].value(), b"1");
+    let hits = metric(&c, p, "cairn_proxy_cache_hits_total").unwrap();
+    assert!(
+        hits >= 1.0,
+        "no serializable read was answered from the cache"
+    );
+    up.put("tenant/c", "2", None).await.unwrap();
+    eventually(
+        "cache sees an upstream write",
+        Duration::from_secs(10),
+        || {
+            let mut pc = pc.clone();
+            async move {
+                let r = pc.get("c", ser()).await.ok()?;
+                (r.kvs()[0].value() == b"2").then_some(())
+            }
+        },
+    )
+    .await;
+    for n in 3..20 {
+        let v = n.to_string();
+        pc.put("c", v.clone(), None).await.unwrap();
+        let r = pc.get("c", ser()).await.unwrap();
+        assert_eq!(
+            r.kvs()[0].value(),
+            v.as_bytes(),
+            "a stale read after a write"
+        );
+    }
+    // Staleness of the proxy's cache is reported like a member's.
+    let st = status_json(&c, p);
+    assert_eq!(st["cairnRole"], "proxy");
+    assert!(json_i64(&st, "cairnBehindMs") < 10_000, "{st}");
+}
