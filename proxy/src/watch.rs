@@ -95,7 +95,7 @@ struct Lost {
 }
 
 enum Msg {
-    Resp(WatchResponse),
+    Resp(Box<WatchResponse>),
     /// A group's answer to a progress probe.
     Progress {
         probe: u64,
@@ -122,7 +122,7 @@ fn filtered(sub: &Sub, events: &[Event]) -> Vec<Event> {
 impl Group {
     /// Queues `resp` to a subscriber; a full queue drops the subscriber.
     fn offer(sub: &Sub, resp: WatchResponse) -> bool {
-        if sub.out.try_send(Msg::Resp(resp)).is_ok() {
+        if sub.out.try_send(Msg::Resp(Box::new(resp))).is_ok() {
             return true;
         }
         sub.lost.ids.lock().unwrap().push(sub.watch_id);
@@ -474,7 +474,8 @@ fn handle(
 impl Proxy {
     /// A client's Watch stream fed by `input`.
     pub fn watch_stream(&self, mut input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse> {
-        let (client_tx, client_rx) = mpsc::channel::<Result<WatchResponse, Status>>(64);
+        // Boxed items keep an idle stream's channel blocks small.
+        let (client_tx, client_rx) = mpsc::channel::<Result<Box<WatchResponse>, Status>>(64);
         let (msg_tx, mut msgs) = mpsc::channel::<Msg>(STREAM_QUEUE);
         let lost = Arc::new(Lost::default());
         let proxy = self.clone();
@@ -506,7 +507,7 @@ impl Proxy {
                                         watch_id: -1, created: true, canceled: true,
                                         cancel_reason: reason.into(), ..Default::default()
                                     };
-                                    if client_tx.send(Ok(r)).await.is_err() { break; }
+                                    if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
                                     continue;
                                 }
                                 if c.watch_id == 0 { next_id += 1; }
@@ -520,7 +521,7 @@ impl Proxy {
                                         header: g.state.lock().unwrap().header(0).map(|mut h| { h.revision = proxy.0.stats.upstream_revision.load(Ordering::Relaxed); h }),
                                         watch_id, canceled: true, ..Default::default()
                                     };
-                                    if client_tx.send(Ok(r)).await.is_err() { break; }
+                                    if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
                                 }
                             }
                             Some(RequestUnion::ProgressRequest(_)) => {
@@ -532,7 +533,7 @@ impl Proxy {
                                 let groups = distinct(&mine);
                                 if groups.is_empty() {
                                     let r = current_revision(&proxy).await;
-                                    if client_tx.send(r.map(|h| WatchResponse { header: Some(h), watch_id: -1, ..Default::default() })).await.is_err() { break; }
+                                    if client_tx.send(r.map(|h| Box::new(WatchResponse { header: Some(h), watch_id: -1, ..Default::default() }))).await.is_err() { break; }
                                     continue;
                                 }
                                 for g in &groups {
@@ -561,7 +562,7 @@ impl Proxy {
                                     let n = 1 + std::mem::take(&mut pending_probes);
                                     for _ in 0..n {
                                         let r = WatchResponse { header, watch_id: -1, ..Default::default() };
-                                        if client_tx.send(Ok(r)).await.is_err() { break; }
+                                        if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
                                     }
                                 }
                             }
@@ -577,7 +578,7 @@ impl Proxy {
                                     cancel_reason: "cairn proxy: the client did not keep up with its events; watch again from the last revision received".into(),
                                     ..Default::default()
                                 };
-                                if client_tx.send(Ok(r)).await.is_err() { break; }
+                                if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
                             }
                         }
                     }
@@ -587,7 +588,7 @@ impl Proxy {
                 w.leave(&g, sub);
             }
         });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(client_rx))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(client_rx).map(|r| r.map(|b| *b)))
     }
 }
 

@@ -131,6 +131,9 @@ enum Cmd {
         etcd_bin: PathBuf,
         #[arg(long, default_value_t = 10_000)]
         watchers: usize,
+        /// Watchers per gRPC stream.
+        #[arg(long, default_value_t = 100)]
+        per_stream: usize,
     },
     /// Run workloads against a server that is already running.
     Run {
@@ -243,11 +246,14 @@ async fn main() -> Result<()> {
             cairn_bin,
             etcd_bin,
             watchers,
+            per_stream,
         } => {
             let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
-            let etcd = roles::proxy_watchers(Kind::Etcd, etcd_bin, watchers).await?;
-            let cairn = roles::proxy_watchers(Kind::Cairn, bin, watchers).await?;
-            println!("# {watchers} idle watchers of one key through a proxy, 100 per stream");
+            let etcd = roles::proxy_watchers(Kind::Etcd, etcd_bin, watchers, per_stream).await?;
+            let cairn = roles::proxy_watchers(Kind::Cairn, bin, watchers, per_stream).await?;
+            println!(
+                "# {watchers} idle watchers of one key through a proxy, {per_stream} per stream"
+            );
             println!(
                 "{:<22} | {:>16} | {:>14}",
                 "proxy", "bytes/watcher", "idle RSS MiB"

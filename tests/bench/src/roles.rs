@@ -11,7 +11,7 @@
 //!   another host.
 //! - `proxy-watchers`: resident memory per idle watcher on a proxy in front
 //!   of one member, for cairn's `--role proxy` and etcd's `grpc-proxy`; the
-//!   watchers all watch one key (fan-out), 100 per stream.
+//!   watchers all watch one key (fan-out), `--per-stream` (100) per stream.
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,7 +122,12 @@ impl Drop for Proc {
 
 /// Bytes of resident memory per idle watcher on a proxy of `kind`, and the
 /// proxy's idle RSS.
-pub async fn proxy_watchers(kind: Kind, bin: PathBuf, watchers: usize) -> Result<(u64, u64)> {
+pub async fn proxy_watchers(
+    kind: Kind,
+    bin: PathBuf,
+    watchers: usize,
+    per_stream: usize,
+) -> Result<(u64, u64)> {
     let upstream = Subject::start_with(SubjectOptions {
         bin: Some(bin.clone()),
         ..SubjectOptions::new(kind)
@@ -185,7 +190,7 @@ pub async fn proxy_watchers(kind: Kind, bin: PathBuf, watchers: usize) -> Result
         let mut s = client.clone().watch("fanout", None).await?;
         let _ = s.message().await?;
         opened += 1;
-        for _ in 1..100.min(watchers - opened + 1) {
+        for _ in 1..per_stream.min(watchers - opened + 1) {
             s.watch("fanout", None).await?;
             let _ = s.message().await?;
             opened += 1;
