@@ -57,6 +57,9 @@ pub struct Config {
     pub namespace: String,
     /// Proxy: entries of the serializable-read cache (0: off).
     pub proxy_cache_entries: usize,
+    /// Proxy: how often the endpoint list is refreshed from MemberList
+    /// (etcd grpc-proxy's `--endpoints-auto-sync-interval`; 0: never).
+    pub endpoints_auto_sync_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +167,7 @@ const VALUE_FLAGS: &[&str] = &[
     "max-stale",
     "namespace",
     "proxy-cache-entries",
+    "endpoints-auto-sync-interval",
 ];
 /// Boolean flags.
 const BOOL_FLAGS: &[&str] = &[
@@ -414,6 +418,17 @@ impl Config {
             max_stale: duration("max-stale")?,
             namespace: get("namespace").unwrap_or("").to_string(),
             proxy_cache_entries: num(s, "proxy-cache-entries", 4096)? as usize,
+            endpoints_auto_sync_interval: match get("endpoints-auto-sync-interval") {
+                None => Duration::from_secs(30),
+                Some("0") => Duration::ZERO,
+                Some(v) => go_duration(v).ok_or_else(|| {
+                    invalid(
+                        "--endpoints-auto-sync-interval",
+                        v,
+                        "not a duration like 30s",
+                    )
+                })?,
+            },
             data_dir,
             name,
         })

@@ -27,6 +27,7 @@ pub fn proxy_config(cfg: &Config) -> ProxyConfig {
         namespace: cfg.namespace.clone().into_bytes(),
         cache_entries: cfg.proxy_cache_entries,
         max_stale: cfg.max_stale,
+        refresh_interval: cfg.endpoints_auto_sync_interval,
         ..ProxyConfig::default()
     }
 }
@@ -138,6 +139,12 @@ async fn metrics(State(proxy): State<Proxy>) -> Response {
         "gauge",
         "Watches the proxy holds open on the cluster.",
         s.upstream_watches.load(Ordering::Relaxed),
+    );
+    put(
+        "cairn_proxy_endpoints",
+        "gauge",
+        "Cluster endpoints the proxy knows (from --endpoints and MemberList).",
+        proxy.upstream().endpoints().len() as i64,
     );
     put(
         "cairn_proxy_cache_hits_total",

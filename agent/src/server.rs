@@ -520,6 +520,7 @@ async fn join(
         req: Some(peer_request::Req::JoinInfo(true)),
     };
     let mut errors = Vec::new();
+    let mut missing = None;
     for attempt in 0..10 {
         for (name, url) in &others {
             match peers.request_url(url, &req).await {
@@ -529,13 +530,16 @@ async fn join(
                         u.sort();
                         u == mine
                     }) else {
-                        return Err(StartError::Join(format!(
+                        // The member that took the MemberAdd may be ahead
+                        // of the one asked: ask again before giving up.
+                        missing = Some(format!(
                             "the cluster (asked {name} at {url}) has no member with peer URLs {}; \
                              add it first (etcdctl member add {} --peer-urls={})",
                             s.peer_urls.join(","),
                             s.name,
                             s.peer_urls.join(",")
-                        )));
+                        ));
+                        continue;
                     };
                     let identity = Identity {
                         name: s.name.clone(),
@@ -558,6 +562,9 @@ async fn join(
         if attempt < 9 {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+    if let Some(m) = missing {
+        return Err(StartError::Join(m));
     }
     errors.dedup();
     Err(StartError::Join(format!(

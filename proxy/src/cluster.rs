@@ -64,6 +64,9 @@ impl Cluster for Proxy {
 
 /// Refreshes the endpoint list from MemberList every `every`.
 pub(crate) async fn refresh_loop(inner: std::sync::Weak<crate::Inner>, every: std::time::Duration) {
+    if every.is_zero() {
+        return;
+    }
     loop {
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else {

@@ -46,7 +46,8 @@ pub struct ProxyConfig {
     pub dial_timeout: Duration,
     /// How long a forwarded unary request may take.
     pub request_timeout: Duration,
-    /// How often the endpoint list is refreshed from `MemberList`.
+    /// How often the endpoint list is refreshed from `MemberList` (zero:
+    /// never).
     pub refresh_interval: Duration,
 }
 

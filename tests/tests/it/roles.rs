@@ -335,9 +335,19 @@ async fn a_proxy_forwards_the_api_coalesces_watches_and_survives_a_member_loss()
     }
     let mut c = Cluster::start(Kind::Cairn, 3, &[]).await;
     let p = c.new_member();
-    c.spawn_role(p, "proxy", &[0, 1, 2]);
+    // Given one endpoint, the proxy learns the others from MemberList.
+    c.members[p].extra_args.extend([
+        "--endpoints-auto-sync-interval".to_string(),
+        "300ms".to_string(),
+    ]);
+    c.spawn_role(p, "proxy", &[0]);
     c.wait_ready(p).await;
     let proxy_ep = c.members[p].client_url();
+    eventually("endpoints from MemberList", Duration::from_secs(10), || {
+        let n = metric(&c, p, "cairn_proxy_endpoints");
+        async move { (n == Some(3.0)).then_some(()) }
+    })
+    .await;
 
     // etcdctl through the proxy: writes, reads, txn, members, status.
     let out = etcdctl(&proxy_ep, &["put", "pk", "pv"]);
@@ -413,6 +423,14 @@ async fn a_proxy_forwards_the_api_coalesces_watches_and_survives_a_member_loss()
         let r = direct.put("w", format!("a{n}"), None).await.unwrap();
         acked.push(r.header().unwrap().revision());
     }
+    // The member the proxy talks to is made the leader, then killed: the
+    // watches survive both the loss of their endpoint and a leader change.
+    let id0 = format!("{:x}", c.member_id(0).await);
+    if c.leader(Duration::from_secs(10)).await != 0 {
+        let out = c.etcdctl(&["move-leader", &id0]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
     c.kill9(0);
     for n in 0..5 {
         let r = eventually("write after the kill", Duration::from_secs(20), || {
