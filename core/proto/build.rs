@@ -17,9 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let descriptor_path = out.join("descriptors.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
+    // Small initial codec buffers: an idle Watch or LeaseKeepAlive stream
+    // keeps them for its whole life (see `codec::SmallCodec`).
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;
     // JSON for the /v3 gateway: grpc-gateway style (int64 as strings, bytes as
     // base64, proto field names on output, both spellings accepted on input).

@@ -75,6 +75,17 @@ fn cacheable(req: &RangeRequest) -> bool {
     req.serializable && req.revision == 0
 }
 
+/// The entry a request's answer lives under: the serializable form of the
+/// whole request, so a linearizable read's answer may serve later
+/// serializable ones.
+fn entry_id(req: &RangeRequest) -> Vec<u8> {
+    RangeRequest {
+        serializable: true,
+        ..req.clone()
+    }
+    .encode_to_vec()
+}
+
 impl State {
     fn clear(&mut self) {
         self.entries.clear();
@@ -136,7 +147,7 @@ impl Cache {
         }
         let mut st = self.state.lock().unwrap();
         let hit = if st.live && self.fresh_enough() {
-            let id = req.encode_to_vec();
+            let id = entry_id(req);
             st.tick += 1;
             let tick = st.tick;
             let (old, resp) = match st.entries.get_mut(&id) {
@@ -164,9 +175,10 @@ impl Cache {
         hit
     }
 
-    /// Offers a forwarded answer to the cache.
+    /// Offers a forwarded answer (serializable or linearizable) to the
+    /// cache.
     pub(crate) fn put(&self, req: &RangeRequest, resp: &RangeResponse) {
-        if self.cap == 0 || !cacheable(req) {
+        if self.cap == 0 || req.revision != 0 {
             return;
         }
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
@@ -176,7 +188,7 @@ impl Cache {
         }
         st.tick += 1;
         let tick = st.tick;
-        let id = req.encode_to_vec();
+        let id = entry_id(req);
         if let Some(old) = st.entries.insert(
             id.clone(),
             Entry {

@@ -82,9 +82,13 @@ pub(crate) async fn refresh_loop(inner: std::sync::Weak<crate::Inner>, every: st
             })
             .await;
         if let Ok(list) = list {
+            // As etcd's client Sync: not learners (etcd's refuse most
+            // requests) and not members that never started (no name, no
+            // client URLs).
             let urls: Vec<String> = list
                 .members
                 .iter()
+                .filter(|m| !m.is_learner && !m.name.is_empty())
                 .flat_map(|m| m.client_ur_ls.iter().cloned())
                 .collect();
             inner.upstream.set_endpoints(&urls);

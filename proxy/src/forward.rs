@@ -1,55 +1,77 @@
-//! One forwarded call: the current endpoint first, the next ones when it
-//! cannot be reached. A request that may have reached a member is retried
-//! only when it is idempotent (a read); a write that failed after it was
-//! sent is reported, never sent twice.
+//! One forwarded call: the current endpoint first, then each other one at
+//! most once when it cannot be reached, all within `request_timeout`. A
+//! request that may have reached a member is tried elsewhere only when it
+//! is idempotent (a read); a write that failed after it was sent is
+//! reported, never sent twice. Any other answer of the cluster (its errors
+//! included) goes back to the client unchanged.
+use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use cairn_proto::etcdserverpb::ResponseHeader;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::Inner;
 
-/// Whether the failure happened before the request left the proxy.
-fn not_sent(s: &Status) -> bool {
+/// Whether the failure happened before the request left the proxy: the
+/// channel could not connect (tonic reports a `ConnectError` in the
+/// status's source chain; its message is the fallback).
+pub(crate) fn not_sent(s: &Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source = s.source();
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
     let m = s.message();
-    s.code() == Code::Unavailable
-        && (m.contains("tcp connect error")
-            || m.contains("Connection refused")
-            || m.contains("connection refused")
-            || m.contains("dns error"))
+    m.contains("tcp connect error") || m.contains("onnection refused") || m.contains("dns error")
+}
+
+/// Whether the connection itself failed (rather than the member answering
+/// Unavailable, as it does without a leader): the endpoint is given up.
+fn connection_failed(s: &Status) -> bool {
+    not_sent(s)
+        || s.message().contains("transport error")
+        || s.message().contains("connection")
+        || s.message().contains("h2 protocol error")
 }
 
 impl Inner {
+    /// Forwards one unary (or stream-opening) call made by `f` on an
+    /// endpoint's channel.
     pub(crate) async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, Status>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let tries = self.upstream.endpoints().len().max(1);
+        let deadline = Instant::now() + self.config.request_timeout;
         let mut last = Status::unavailable("no cluster endpoint answers");
-        for _ in 0..tries {
-            let (picked, channel) = self.upstream.pick();
-            match tokio::time::timeout(self.config.request_timeout, f(channel)).await {
+        for (picked, channel) in self.upstream.candidates() {
+            match tokio::time::timeout_at(deadline, f(channel)).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
-                    let retry = idempotent || not_sent(&s);
-                    if not_sent(&s) || s.message().contains("transport error") {
+                    let unsent = not_sent(&s);
+                    if connection_failed(&s) {
                         self.upstream.failed(&picked);
                     }
-                    if !retry {
+                    if !(idempotent || unsent) {
                         return Err(s);
                     }
+                    tracing::debug!(endpoint = %picked.url, error = %s, "trying the next endpoint");
                     last = s;
                 }
                 Ok(Err(s)) => return Err(s),
                 Err(_) => {
-                    if !idempotent {
-                        return Err(Status::unavailable("etcdserver: request timed out"));
-                    }
+                    // A member that does not answer in time: later requests
+                    // start on the next one. This one has no time left.
                     self.upstream.failed(&picked);
-                    last = Status::unavailable("etcdserver: request timed out");
+                    return Err(Status::unavailable("etcdserver: request timed out"));
                 }
             }
         }

@@ -10,6 +10,27 @@ use tonic::{Request, Response, Status};
 use crate::Proxy;
 use crate::namespace::Namespace;
 
+/// What a member says of an empty key. With a namespace, the prefix would
+/// make an empty key valid (and name the prefix itself), so the proxy
+/// refuses it as the member would have.
+fn empty_key() -> Status {
+    Status::invalid_argument("etcdserver: key is not provided")
+}
+
+fn txn_keys_given(t: &TxnRequest) -> bool {
+    t.compare.iter().all(|c| !c.key.is_empty())
+        && t.success
+            .iter()
+            .chain(t.failure.iter())
+            .all(|op| match &op.request {
+                Some(request_op::Request::RequestRange(r)) => !r.key.is_empty(),
+                Some(request_op::Request::RequestPut(p)) => !p.key.is_empty(),
+                Some(request_op::Request::RequestDeleteRange(d)) => !d.key.is_empty(),
+                Some(request_op::Request::RequestTxn(t)) => txn_keys_given(t),
+                None => true,
+            })
+}
+
 fn range_in(ns: &Namespace, r: &mut RangeRequest) {
     r.range_end = ns.range_end(&r.range_end);
     r.key = ns.key(&r.key);
@@ -80,6 +101,9 @@ fn txn_writes(t: &TxnRequest) -> bool {
 impl Kv for Proxy {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let mut req = r.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
         if let Some(hit) = self.0.cache.get(&req) {
             return Ok(Response::new(hit));
         }
@@ -105,6 +129,9 @@ impl Kv for Proxy {
         r: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
         let mut req = r.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
         range_in(&self.0.ns, &mut req);
         let ns = self.0.ns.clone();
         let stream = self
@@ -127,6 +154,9 @@ impl Kv for Proxy {
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let mut req = r.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
         let asked = req.key.clone();
         req.key = self.0.ns.key(&req.key);
         let mut resp = self
@@ -149,6 +179,9 @@ impl Kv for Proxy {
         r: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let mut req = r.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
         let (key, end) = (req.key.clone(), req.range_end.clone());
         req.range_end = self.0.ns.range_end(&req.range_end);
         req.key = self.0.ns.key(&req.key);
@@ -167,6 +200,9 @@ impl Kv for Proxy {
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let mut req = r.into_inner();
+        if !txn_keys_given(&req) {
+            return Err(empty_key());
+        }
         let writes = txn_writes(&req);
         txn_in(&self.0.ns, &mut req);
         let mut resp = self

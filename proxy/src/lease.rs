@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use cairn_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -19,22 +20,37 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::upstream::Upstream;
+use crate::upstream::{Picked, Upstream};
 use crate::{BoxStream, Proxy, ProxyConfig, Stats};
 
 type Answer = Result<LeaseKeepAliveResponse, Status>;
+type Waiters = Vec<oneshot::Sender<Answer>>;
 
 pub(crate) struct Leases {
     tx: mpsc::Sender<(i64, oneshot::Sender<Answer>)>,
 }
 
-/// Client keep-alives waiting on the coalescer.
+/// Client keep-alives waiting on the coalescer, and renewals queued on the
+/// upstream stream.
 const QUEUE: usize = 4096;
 
+/// Upstream streams that may break in a row, with nothing answered, before
+/// the requests waiting on them are failed rather than sent again.
+const BREAKS_MAX: usize = 3;
+
 impl Leases {
-    pub(crate) fn new(_config: &ProxyConfig, upstream: Upstream, stats: Arc<Stats>) -> Leases {
+    pub(crate) fn new(config: &ProxyConfig, upstream: Upstream, stats: Arc<Stats>) -> Leases {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(coalesce(upstream, stats, rx));
+        let coalescer = Coalescer {
+            upstream,
+            stats,
+            open_timeout: config.request_timeout,
+            in_flight: HashMap::new(),
+            waiting: HashMap::new(),
+            stream: None,
+            breaks: 0,
+        };
+        tokio::spawn(coalescer.run(rx));
         Leases { tx }
     }
 
@@ -50,107 +66,183 @@ impl Leases {
     }
 }
 
-async fn coalesce(
+/// The one upstream LeaseKeepAlive stream.
+struct Open {
+    tx: mpsc::Sender<LeaseKeepAliveRequest>,
+    answers: Streaming<LeaseKeepAliveResponse>,
+    picked: Picked,
+}
+
+/// Owns the upstream stream and which client requests wait on which
+/// renewal. A renewal of lease L answers exactly the requests for L that
+/// arrived before it was sent; a request that arrives while a renewal of L
+/// is in flight waits for the next one.
+struct Coalescer {
     upstream: Upstream,
     stats: Arc<Stats>,
-    mut requests: mpsc::Receiver<(i64, oneshot::Sender<Answer>)>,
-) {
-    // Renewals sent and not answered, and requests waiting for the next.
-    let mut in_flight: HashMap<i64, Vec<oneshot::Sender<Answer>>> = HashMap::new();
-    let mut waiting: HashMap<i64, Vec<oneshot::Sender<Answer>>> = HashMap::new();
-    let mut stream: Option<(
-        mpsc::Sender<LeaseKeepAliveRequest>,
-        Streaming<LeaseKeepAliveResponse>,
-    )> = None;
-    let mut picked = None;
-    loop {
-        let got = match stream.as_mut() {
-            Some((_, answers)) => tokio::select! {
-                r = requests.recv() => Ok(r),
-                a = answers.next() => Err(a),
-            },
-            None => Ok(requests.recv().await),
-        };
-        match got {
-            Ok(None) => return,
-            Ok(Some((id, waiter))) => {
-                stats.keepalives_client.fetch_add(1, Ordering::Relaxed);
-                if in_flight.contains_key(&id) {
-                    waiting.entry(id).or_default().push(waiter);
-                    continue;
-                }
-                if stream.is_none() {
-                    let (p, channel) = upstream.pick();
-                    let (tx, rx) = mpsc::channel(QUEUE);
-                    match LeaseClient::new(channel)
-                        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-                        .await
-                    {
-                        Ok(r) => {
-                            stream = Some((tx, r.into_inner()));
-                            picked = Some(p);
-                        }
-                        Err(e) => {
-                            upstream.failed(&p);
-                            let _ = waiter.send(Err(e));
-                            continue;
-                        }
-                    }
-                }
-                let (tx, _) = stream.as_ref().unwrap();
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    let _ = waiter.send(Err(Status::unavailable("lease keep-alive stream broke")));
-                    stream = None;
-                    continue;
-                }
-                stats.keepalives_upstream.fetch_add(1, Ordering::Relaxed);
-                in_flight.insert(id, vec![waiter]);
-            }
-            Err(Some(Ok(answer))) => {
-                if let Some(h) = &answer.header {
-                    stats
-                        .upstream_revision
-                        .fetch_max(h.revision, Ordering::Relaxed);
-                }
-                let id = answer.id;
-                for w in in_flight.remove(&id).unwrap_or_default() {
-                    let _ = w.send(Ok(answer));
-                }
-                if let Some(next) = waiting.remove(&id)
-                    && let Some((tx, _)) = stream.as_ref()
-                {
-                    if tx.send(LeaseKeepAliveRequest { id }).await.is_ok() {
-                        stats.keepalives_upstream.fetch_add(1, Ordering::Relaxed);
-                        in_flight.insert(id, next);
+    open_timeout: Duration,
+    /// Renewals sent on the current stream and not answered yet.
+    in_flight: HashMap<i64, Waiters>,
+    /// Requests that arrived after their lease's renewal in flight was sent.
+    waiting: HashMap<i64, Waiters>,
+    stream: Option<Open>,
+    /// Streams that broke in a row without answering anything.
+    breaks: usize,
+}
+
+enum Event {
+    Request(Option<(i64, oneshot::Sender<Answer>)>),
+    Answer(Option<Result<LeaseKeepAliveResponse, Status>>),
+}
+
+fn fail(pending: HashMap<i64, Waiters>, status: &Status) {
+    for w in pending.into_values().flatten() {
+        let _ = w.send(Err(status.clone()));
+    }
+}
+
+impl Coalescer {
+    async fn run(mut self, mut requests: mpsc::Receiver<(i64, oneshot::Sender<Answer>)>) {
+        loop {
+            let event = match self.stream.as_mut() {
+                Some(open) => tokio::select! {
+                    r = requests.recv() => Event::Request(r),
+                    a = open.answers.next() => Event::Answer(a),
+                },
+                None => Event::Request(requests.recv().await),
+            };
+            match event {
+                Event::Request(None) => return,
+                Event::Request(Some((id, waiter))) => {
+                    self.stats.keepalives_client.fetch_add(1, Ordering::Relaxed);
+                    if self.in_flight.contains_key(&id) {
+                        self.waiting.entry(id).or_default().push(waiter);
                     } else {
-                        for w in next {
-                            let _ =
-                                w.send(Err(Status::unavailable("lease keep-alive stream broke")));
-                        }
+                        self.dispatch(HashMap::from([(id, vec![waiter])])).await;
                     }
                 }
-            }
-            Err(end) => {
-                // The upstream stream ended or failed: everyone waiting
-                // gets the error (clients retry, as with a member), and the
-                // next request opens a stream on the next endpoint.
-                let status = match end {
-                    Some(Err(s)) => s,
-                    _ => Status::unavailable("lease keep-alive stream closed by the cluster"),
-                };
-                for w in in_flight
-                    .drain()
-                    .chain(waiting.drain())
-                    .flat_map(|(_, v)| v)
-                {
-                    let _ = w.send(Err(status.clone()));
+                Event::Answer(Some(Ok(answer))) => {
+                    self.breaks = 0;
+                    if let Some(h) = &answer.header {
+                        self.stats
+                            .upstream_revision
+                            .fetch_max(h.revision, Ordering::Relaxed);
+                    }
+                    let id = answer.id;
+                    for w in self.in_flight.remove(&id).unwrap_or_default() {
+                        let _ = w.send(Ok(answer));
+                    }
+                    if let Some(next) = self.waiting.remove(&id) {
+                        self.dispatch(HashMap::from([(id, next)])).await;
+                    }
                 }
-                stream = None;
-                if let Some(p) = picked.take() {
-                    upstream.failed(&p);
+                Event::Answer(end) => {
+                    if let Some(Err(s)) = &end {
+                        tracing::debug!(error = %s, "upstream lease keep-alive stream failed");
+                    }
+                    let pending = self.lose_stream();
+                    self.dispatch(pending).await;
                 }
             }
         }
+    }
+
+    /// The stream is gone: every request it had not answered needs a
+    /// renewal sent after it arrived, which one on a new stream is.
+    fn lose_stream(&mut self) -> HashMap<i64, Waiters> {
+        if let Some(open) = self.stream.take() {
+            self.upstream.failed(&open.picked);
+        }
+        self.breaks += 1;
+        let mut pending = std::mem::take(&mut self.in_flight);
+        for (id, w) in self.waiting.drain() {
+            pending.entry(id).or_default().extend(w);
+        }
+        pending
+    }
+
+    /// Sends one renewal for each lease in `pending` (none of them in
+    /// flight), opening a stream if there is none.
+    async fn dispatch(&mut self, mut pending: HashMap<i64, Waiters>) {
+        loop {
+            if pending.is_empty() {
+                return;
+            }
+            let Some(open) = self.stream.as_ref() else {
+                if self.breaks > BREAKS_MAX {
+                    self.breaks = 0;
+                    fail(
+                        pending,
+                        &Status::unavailable("lease keep-alive stream keeps breaking"),
+                    );
+                    return;
+                }
+                let ids: Vec<i64> = pending.keys().copied().collect();
+                match self.open(&ids).await {
+                    Ok(open) => {
+                        self.stream = Some(open);
+                        self.stats
+                            .keepalives_upstream
+                            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                        self.in_flight.extend(pending);
+                    }
+                    Err(s) => fail(pending, &s),
+                }
+                return;
+            };
+            let mut broke = false;
+            for id in pending.keys().copied().collect::<Vec<_>>() {
+                if open.tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    broke = true;
+                    break;
+                }
+                self.stats
+                    .keepalives_upstream
+                    .fetch_add(1, Ordering::Relaxed);
+                let w = pending.remove(&id).unwrap_or_default();
+                self.in_flight.insert(id, w);
+            }
+            if !broke {
+                return;
+            }
+            for (id, w) in self.lose_stream() {
+                pending.entry(id).or_default().extend(w);
+            }
+        }
+    }
+
+    /// Opens a stream on the first endpoint that takes it, each tried once.
+    /// The first renewals are queued before the call: a member may send its
+    /// response headers only with its first answer (etcd does).
+    async fn open(&self, first: &[i64]) -> Result<Open, Status> {
+        let mut last = Status::unavailable("no cluster endpoint answers");
+        for (picked, channel) in self.upstream.candidates() {
+            let (tx, rx) = mpsc::channel(QUEUE.max(2 * first.len()));
+            for &id in first {
+                let _ = tx.try_send(LeaseKeepAliveRequest { id });
+            }
+            let mut client = LeaseClient::new(channel);
+            let call = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx));
+            match tokio::time::timeout(self.open_timeout, call).await {
+                Ok(Ok(r)) => {
+                    return Ok(Open {
+                        tx,
+                        answers: r.into_inner(),
+                        picked,
+                    });
+                }
+                Ok(Err(s)) => {
+                    tracing::debug!(endpoint = %picked.url, error = %s, "lease keep-alive stream not opened");
+                    self.upstream.failed(&picked);
+                    last = s;
+                }
+                Err(_) => {
+                    self.upstream.failed(&picked);
+                    last = Status::unavailable("etcdserver: request timed out");
+                }
+            }
+        }
+        Err(last)
     }
 }
 

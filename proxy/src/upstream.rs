@@ -83,6 +83,19 @@ impl Upstream {
         }
     }
 
+    /// Every endpoint with its channel, current first: what one call may
+    /// try, each endpoint at most once.
+    pub fn candidates(&self) -> Vec<(Picked, Channel)> {
+        let s = self.0.lock().unwrap();
+        let n = s.endpoints.len();
+        (0..n)
+            .map(|i| {
+                let (url, c) = &s.endpoints[(s.current + i) % n];
+                (Picked { url: url.clone() }, c.clone())
+            })
+            .collect()
+    }
+
     /// Every endpoint, current first.
     pub fn endpoints(&self) -> Vec<String> {
         let s = self.0.lock().unwrap();

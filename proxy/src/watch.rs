@@ -475,7 +475,7 @@ impl Proxy {
     /// A client's Watch stream fed by `input`.
     pub fn watch_stream(&self, mut input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse> {
         // Boxed items keep an idle stream's channel blocks small.
-        let (client_tx, client_rx) = mpsc::channel::<Result<Box<WatchResponse>, Status>>(64);
+        let (client_tx, client_rx) = mpsc::channel::<Result<Box<WatchResponse>, Box<Status>>>(64);
         let (msg_tx, mut msgs) = mpsc::channel::<Msg>(STREAM_QUEUE);
         let lost = Arc::new(Lost::default());
         let proxy = self.clone();
@@ -533,7 +533,7 @@ impl Proxy {
                                 let groups = distinct(&mine);
                                 if groups.is_empty() {
                                     let r = current_revision(&proxy).await;
-                                    if client_tx.send(r.map(|h| Box::new(WatchResponse { header: Some(h), watch_id: -1, ..Default::default() }))).await.is_err() { break; }
+                                    if client_tx.send(r.map(|h| Box::new(WatchResponse { header: Some(h), watch_id: -1, ..Default::default() })).map_err(Box::new)).await.is_err() { break; }
                                     continue;
                                 }
                                 for g in &groups {
@@ -588,7 +588,10 @@ impl Proxy {
                 w.leave(&g, sub);
             }
         });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(client_rx).map(|r| r.map(|b| *b)))
+        Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(client_rx)
+                .map(|r| r.map(|b| *b).map_err(|e| *e)),
+        )
     }
 }
 

@@ -1,6 +1,49 @@
 //! Generated etcd v3 API types and services, plus cairn's internal messages.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+/// tonic's prost codec with a 1 KiB initial buffer instead of 8 KiB. The
+/// buffers of a streaming call live as long as the stream: with thousands
+/// of mostly idle watch streams (a proxy's fan-out), 16 KiB per stream
+/// outweighed the watchers themselves. Buffers still grow for large
+/// messages.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    const BUFFER: usize = 1024;
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct SmallCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for SmallCodec<T, U> {
+        fn default() -> Self {
+            SmallCodec(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for SmallCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}
+
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
