@@ -667,3 +667,66 @@ async fn a_namespaced_proxy_keeps_watches_keep_alives_and_its_cache_correct() {
     assert_eq!(st["cairnRole"], "proxy");
     assert!(json_i64(&st, "cairnBehindMs") < 10_000, "{st}");
 }
+
+/// `--max-stale` on a proxy: while the cluster cannot confirm that the
+/// cache is current, a proxy with `--max-stale 1s` stops answering
+/// serializable reads from it; one without keeps serving its last data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_with_max_stale_stops_serving_its_cache_when_it_cannot_confirm_it() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::start(Kind::Cairn, 1, &[]).await;
+    let lax = c.new_member();
+    let strict = c.new_member();
+    c.members[strict]
+        .extra_args
+        .extend(["--max-stale".to_string(), "1s".to_string()]);
+    c.spawn_role(lax, "proxy", &[0]);
+    c.spawn_role(strict, "proxy", &[0]);
+    c.wait_ready(lax).await;
+    c.wait_ready(strict).await;
+    let ser = || Some(GetOptions::new().with_serializable());
+    let mut up = c.client(0).await;
+    up.put("k", "v", None).await.unwrap();
+    for p in [lax, strict] {
+        let mut pc = c.client(p).await;
+        eventually("cached", Duration::from_secs(10), || {
+            let mut pc = pc.clone();
+            let hits = metric(&c, p, "cairn_proxy_cache_hits_total").unwrap_or(0.0);
+            async move {
+                pc.get("k", ser()).await.ok()?;
+                (hits >= 1.0).then_some(())
+            }
+        })
+        .await;
+        assert_eq!(pc.get("k", ser()).await.unwrap().kvs()[0].value(), b"v");
+    }
+    // The member stops answering (its connections stay open).
+    c.signal(0, "STOP");
+    let behind = eventually("staleness grows", Duration::from_secs(20), || {
+        let ms = metric(&c, strict, "cairn_behind_milliseconds").unwrap_or(0.0);
+        async move { (ms > 1000.0).then_some(ms) }
+    })
+    .await;
+    assert!(behind > 1000.0);
+    let mut lax_c = c.client(lax).await;
+    let mut strict_c = c.client(strict).await;
+    let r = lax_c.get("k", ser()).await.unwrap();
+    assert_eq!(
+        r.kvs()[0].value(),
+        b"v",
+        "without --max-stale the cache serves"
+    );
+    let r = strict_c.get("k", ser()).await;
+    assert!(
+        r.is_err(),
+        "a proxy with --max-stale 1s answered from a cache it could not confirm"
+    );
+    c.signal(0, "CONT");
+    eventually("back", Duration::from_secs(20), || {
+        let mut s = strict_c.clone();
+        async move { s.get("k", ser()).await.ok().map(|_| ()) }
+    })
+    .await;
+}
