@@ -6,11 +6,11 @@
 //! while the watch is down the cache is empty and bypassed.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::etcdserverpb::{
-    RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest, WatchRequest,
+    RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
     watch_client::WatchClient, watch_request::RequestUnion,
 };
 use futures::StreamExt;
@@ -107,25 +107,63 @@ impl State {
     }
 }
 
+impl State {
+    /// One answer of the cache's upstream watch (not a cancel): its events
+    /// invalidate, its revision is passed.
+    fn on_watch_answer(&mut self, ns: &Namespace, stats: &Stats, r: &WatchResponse) {
+        let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        for e in &r.events {
+            if let Some(kv) = &e.kv {
+                let mut k = kv.key.clone();
+                ns.strip(&mut k);
+                self.invalidate(&k, &[]);
+            }
+        }
+        self.watched = self.watched.max(rev);
+        self.live = true;
+        stats.cache_revision.store(self.watched, Ordering::Relaxed);
+        let seen = stats
+            .upstream_revision
+            .fetch_max(rev, Ordering::Relaxed)
+            .max(rev);
+        if self.watched >= seen || r.events.is_empty() {
+            // A created or progress answer: the watch has everything up
+            // to the member's current revision.
+            stats.cache_current_at_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The watch broke: nothing it covered can be trusted until it is back.
+    fn lost_watch(&mut self) {
+        self.live = false;
+        self.clear();
+    }
+}
+
 impl Cache {
+    fn detached(config: &ProxyConfig, stats: Arc<Stats>) -> Cache {
+        Cache {
+            cap: config.cache_entries,
+            max_stale: config.max_stale,
+            stats,
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
     pub(crate) fn new(
         config: &ProxyConfig,
         upstream: Upstream,
         ns: Namespace,
         stats: Arc<Stats>,
     ) -> Cache {
-        let cache = Cache {
-            cap: config.cache_entries,
-            max_stale: config.max_stale,
-            stats: stats.clone(),
-            state: Arc::new(Mutex::new(State::default())),
-        };
+        let cache = Cache::detached(config, stats.clone());
         if cache.cap > 0 {
             let every = config
                 .max_stale
                 .map(|m| (m / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)))
                 .unwrap_or(Duration::from_secs(1));
-            tokio::spawn(watch_loop(upstream, ns, stats, cache.state.clone(), every));
+            let state = Arc::downgrade(&cache.state);
+            tokio::spawn(watch_loop(upstream, ns, stats, state, every));
         }
         cache
     }
@@ -229,12 +267,13 @@ impl Cache {
     }
 }
 
-/// Keeps one upstream watch over the namespace and applies its events.
+/// Keeps one upstream watch over the namespace and applies its events,
+/// until the cache is dropped.
 async fn watch_loop(
     upstream: Upstream,
     ns: Namespace,
     stats: Arc<Stats>,
-    state: Arc<Mutex<State>>,
+    state: Weak<Mutex<State>>,
     every: Duration,
 ) {
     let (key, range_end) = if ns.is_empty() {
@@ -274,41 +313,22 @@ async fn watch_loop(
                 let mut events = resp.into_inner();
                 stats.upstream_watches.fetch_add(1, Ordering::Relaxed);
                 while let Some(Ok(r)) = events.next().await {
+                    let Some(state) = state.upgrade() else { break };
                     if r.canceled {
                         break;
                     }
-                    let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
-                    let mut st = state.lock().unwrap();
-                    for e in &r.events {
-                        if let Some(kv) = &e.kv {
-                            let mut k = kv.key.clone();
-                            ns.strip(&mut k);
-                            st.invalidate(&k, &[]);
-                        }
-                    }
-                    st.watched = st.watched.max(rev);
-                    st.live = true;
-                    stats.cache_revision.store(st.watched, Ordering::Relaxed);
-                    let seen = stats
-                        .upstream_revision
-                        .fetch_max(rev, Ordering::Relaxed)
-                        .max(rev);
-                    if st.watched >= seen || r.events.is_empty() {
-                        // A created or progress answer: the watch has
-                        // everything up to the member's current revision.
-                        stats.cache_current_at_ms.store(now_ms(), Ordering::Relaxed);
-                    }
+                    state.lock().unwrap().on_watch_answer(&ns, &stats, &r);
                 }
                 stats.upstream_watches.fetch_sub(1, Ordering::Relaxed);
                 drop(tx);
             }
             Err(e) => tracing::debug!(error = %e, "cache watch failed"),
         }
-        {
-            let mut st = state.lock().unwrap();
-            st.live = false;
-            st.clear();
-        }
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        state.lock().unwrap().lost_watch();
+        drop(state);
         upstream.failed(&picked);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -317,6 +337,175 @@ async fn watch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(key: &[u8], end: &[u8]) -> RangeRequest {
+        RangeRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            serializable: true,
+            ..Default::default()
+        }
+    }
+
+    fn answer(rev: i64, value: &[u8]) -> RangeResponse {
+        RangeResponse {
+            header: Some(ResponseHeader {
+                revision: rev,
+                ..Default::default()
+            }),
+            kvs: vec![cairn_proto::mvccpb::KeyValue {
+                key: b"k".to_vec(),
+                value: value.to_vec(),
+                mod_revision: rev,
+                ..Default::default()
+            }],
+            count: 1,
+            ..Default::default()
+        }
+    }
+
+    fn header(rev: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        })
+    }
+
+    fn event(key: &[u8], rev: i64) -> WatchResponse {
+        WatchResponse {
+            header: header(rev),
+            events: vec![cairn_proto::mvccpb::Event {
+                kv: Some(cairn_proto::mvccpb::KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A cache whose watch was created at `rev`.
+    fn live_cache(cap: usize, rev: i64) -> Cache {
+        let config = ProxyConfig {
+            cache_entries: cap,
+            ..ProxyConfig::default()
+        };
+        let cache = Cache::detached(&config, Arc::new(Stats::default()));
+        let created = WatchResponse {
+            header: header(rev),
+            created: true,
+            ..Default::default()
+        };
+        cache
+            .state
+            .lock()
+            .unwrap()
+            .on_watch_answer(&Namespace::default(), &cache.stats, &created);
+        cache
+    }
+
+    fn value(cache: &Cache, req: &RangeRequest) -> Option<Vec<u8>> {
+        cache.get(req).map(|r| r.kvs[0].value.clone())
+    }
+
+    #[test]
+    fn a_write_acknowledged_through_the_proxy_is_never_hidden_by_the_cache() {
+        let cache = live_cache(16, 10);
+        let k = range(b"k", b"");
+        let all = range(b"a", b"z");
+        cache.put(&k, &answer(10, b"old"));
+        cache.put(&all, &answer(10, b"old"));
+        assert_eq!(value(&cache, &k).as_deref(), Some(&b"old"[..]));
+        // The write is acknowledged at 11, before its event reaches the
+        // watch: both entries holding k are gone already.
+        cache.wrote(b"k", b"", &header(11));
+        assert_eq!(cache.get(&k), None);
+        assert_eq!(cache.get(&all), None);
+        // A read that was answered before the write is not stored.
+        cache.put(&k, &answer(10, b"old"));
+        assert_eq!(cache.get(&k), None);
+        cache.put(&k, &answer(11, b"new"));
+        assert_eq!(value(&cache, &k).as_deref(), Some(&b"new"[..]));
+        // A txn forgets everything.
+        cache.clear_after(&header(12));
+        assert_eq!(cache.get(&k), None);
+        cache.put(&k, &answer(11, b"new"));
+        assert_eq!(cache.get(&k), None);
+    }
+
+    #[test]
+    fn events_invalidate_and_older_answers_are_refused() {
+        let cache = live_cache(16, 10);
+        let k = range(b"k", b"");
+        let from_j = range(b"j", b"\0");
+        let other = range(b"a", b"b");
+        for r in [&k, &from_j, &other] {
+            cache.put(r, &answer(10, b"v"));
+        }
+        let ns = Namespace::default();
+        cache
+            .state
+            .lock()
+            .unwrap()
+            .on_watch_answer(&ns, &cache.stats, &event(b"k", 12));
+        assert_eq!(cache.get(&k), None);
+        assert_eq!(cache.get(&from_j), None);
+        assert!(cache.get(&other).is_some());
+        assert_eq!(cache.stats.cache_revision.load(Ordering::Relaxed), 12);
+        // An answer older than what the watch has passed may miss an
+        // event the watch will not repeat.
+        cache.put(&k, &answer(11, b"v"));
+        assert_eq!(cache.get(&k), None);
+        cache.put(&k, &answer(12, b"v"));
+        assert!(cache.get(&k).is_some());
+        // A linearizable read's answer serves later serializable reads.
+        let lin = RangeRequest {
+            serializable: false,
+            ..range(b"m", b"")
+        };
+        cache.put(&lin, &answer(12, b"m"));
+        assert!(cache.get(&range(b"m", b"")).is_some());
+        assert_eq!(
+            cache.get(&lin),
+            None,
+            "a linearizable read is always forwarded"
+        );
+    }
+
+    #[test]
+    fn a_lost_watch_empties_and_bypasses_the_cache() {
+        let cache = live_cache(16, 10);
+        let k = range(b"k", b"");
+        cache.put(&k, &answer(10, b"v"));
+        cache.state.lock().unwrap().lost_watch();
+        assert_eq!(cache.get(&k), None);
+        cache.put(&k, &answer(20, b"v"));
+        assert_eq!(cache.get(&k), None);
+        // Requests at a revision are never cached.
+        let cache = live_cache(16, 10);
+        let at = RangeRequest {
+            revision: 10,
+            ..range(b"k", b"")
+        };
+        cache.put(&at, &answer(10, b"v"));
+        assert_eq!(cache.get(&at), None);
+    }
+
+    #[test]
+    fn the_least_recently_used_entry_goes_first() {
+        let cache = live_cache(2, 10);
+        let (a, b, c) = (range(b"a", b""), range(b"b", b""), range(b"c", b""));
+        cache.put(&a, &answer(10, b"a"));
+        cache.put(&b, &answer(10, b"b"));
+        assert!(cache.get(&a).is_some());
+        cache.put(&c, &answer(10, b"c"));
+        assert!(cache.get(&a).is_some());
+        assert_eq!(cache.get(&b), None);
+        assert!(cache.get(&c).is_some());
+        assert_eq!(cache.state.lock().unwrap().entries.len(), 2);
+    }
 
     #[test]
     fn ranges_overlap_as_etcd_defines_them() {

@@ -98,7 +98,10 @@ async fn value(c: &mut Client, key: &str, opts: Option<GetOptions>) -> Option<Ve
     r.kvs().first().map(|kv| kv.value().to_vec())
 }
 
-fn kv_tuples(kvs: &[etcd_client::KeyValue]) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)> {
+/// key, value, create, mod, version, lease
+type KvFields = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
+fn kv_tuples(kvs: &[etcd_client::KeyValue]) -> Vec<KvFields> {
     kvs.iter()
         .map(|kv| {
             (
@@ -132,8 +135,14 @@ async fn requests_through_the_proxy_equal_the_members_own_answers() {
     pc.put("k2", "v", None).await.unwrap();
     pc.put("k3", "v", None).await.unwrap();
 
-    let via = pc.get("k", Some(GetOptions::new().with_prefix())).await.unwrap();
-    let direct = up.get("k", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let via = pc
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let direct = up
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(kv_tuples(via.kvs()), kv_tuples(direct.kvs()));
     assert_eq!(via.kvs().len(), 3);
     assert_eq!(
@@ -141,7 +150,10 @@ async fn requests_through_the_proxy_equal_the_members_own_answers() {
         direct.header().unwrap().revision()
     );
     assert!(
-        proxy.stats().upstream_revision.load(std::sync::atomic::Ordering::Relaxed)
+        proxy
+            .stats()
+            .upstream_revision
+            .load(std::sync::atomic::Ordering::Relaxed)
             >= via.header().unwrap().revision()
     );
 
@@ -172,7 +184,10 @@ async fn requests_through_the_proxy_equal_the_members_own_answers() {
     assert!(value(&mut up, "failed", None).await.is_none());
 
     let del = pc
-        .delete("k", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .delete(
+            "k",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
         .await
         .unwrap();
     assert_eq!(del.deleted(), 4);
@@ -210,37 +225,67 @@ async fn the_members_errors_reach_the_client_unchanged() {
     let mut up = subject.client().await;
     let (_proxy, mut pc) = start_proxy(config(vec![subject.endpoint()])).await;
 
-    let first = pc.put("c", "1", None).await.unwrap().header().unwrap().revision();
+    let first = pc
+        .put("c", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     pc.put("c", "2", None).await.unwrap();
-    let last = pc.put("c", "3", None).await.unwrap().header().unwrap().revision();
+    let last = pc
+        .put("c", "3", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     pc.compact(last, None).await.unwrap();
 
     let old = Some(GetOptions::new().with_revision(first));
     let via = status(pc.get("c", old.clone()).await.unwrap_err());
     let direct = status(up.get("c", old).await.unwrap_err());
     assert_eq!(via.code(), Code::OutOfRange);
-    assert_eq!(via.message(), "etcdserver: mvcc: required revision has been compacted");
-    assert_eq!((via.code(), via.message()), (direct.code(), direct.message()));
+    assert_eq!(
+        via.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        (via.code(), via.message()),
+        (direct.code(), direct.message())
+    );
 
     let future = Some(GetOptions::new().with_revision(last + 1000));
     let via = status(pc.get("c", future.clone()).await.unwrap_err());
     let direct = status(up.get("c", future).await.unwrap_err());
-    assert_eq!((via.code(), via.message()), (direct.code(), direct.message()));
+    assert_eq!(
+        (via.code(), via.message()),
+        (direct.code(), direct.message())
+    );
 
     let no_lease = Some(PutOptions::new().with_lease(0x1234_5678));
     let via = status(pc.put("l", "v", no_lease.clone()).await.unwrap_err());
     let direct = status(up.put("l", "v", no_lease).await.unwrap_err());
     assert_eq!(via.code(), Code::NotFound);
-    assert_eq!((via.code(), via.message()), (direct.code(), direct.message()));
+    assert_eq!(
+        (via.code(), via.message()),
+        (direct.code(), direct.message())
+    );
 
     let dup = || Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
     let via = status(pc.txn(dup()).await.unwrap_err());
     let direct = status(up.txn(dup()).await.unwrap_err());
-    assert_eq!((via.code(), via.message()), (direct.code(), direct.message()));
+    assert_eq!(
+        (via.code(), via.message()),
+        (direct.code(), direct.message())
+    );
 
     let via = status(pc.put("", "v", None).await.unwrap_err());
     let direct = status(up.put("", "v", None).await.unwrap_err());
-    assert_eq!((via.code(), via.message()), (direct.code(), direct.message()));
+    assert_eq!(
+        (via.code(), via.message()),
+        (direct.code(), direct.message())
+    );
 }
 
 #[tokio::test]
@@ -271,10 +316,16 @@ async fn a_namespace_confines_every_request_to_its_prefix() {
         .unwrap();
     let keys: Vec<&[u8]> = all.kvs().iter().map(|kv| kv.key()).collect();
     assert_eq!(keys, vec![&b"a"[..], &b"b"[..]]);
-    let from_b = pc.get("b", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let from_b = pc
+        .get("b", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     assert_eq!(from_b.kvs().len(), 1);
     assert_eq!(from_b.kvs()[0].key(), b"b");
-    let prefixed = pc.get("", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let prefixed = pc
+        .get("", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(prefixed.count(), 2);
     // Explicit ranges are prefixed too.
     let ranged = pc
@@ -289,7 +340,10 @@ async fn a_namespace_confines_every_request_to_its_prefix() {
     let e = status(pc.put("", "v", None).await.unwrap_err());
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(e.message(), "etcdserver: key is not provided");
-    assert_eq!(value(&mut up, "ns/", None).await.unwrap(), b"the prefix itself");
+    assert_eq!(
+        value(&mut up, "ns/", None).await.unwrap(),
+        b"the prefix itself"
+    );
 
     // prev_kv comes back stripped.
     let put = pc
@@ -340,12 +394,22 @@ async fn a_namespace_confines_every_request_to_its_prefix() {
 
     // Deleting everything the client can see leaves the rest alone.
     let del = pc
-        .delete("\0", Some(DeleteOptions::new().with_from_key().with_prev_key()))
+        .delete(
+            "\0",
+            Some(DeleteOptions::new().with_from_key().with_prev_key()),
+        )
         .await
         .unwrap();
     assert_eq!(del.deleted(), 4);
-    assert!(del.prev_kvs().iter().all(|kv| !kv.key().starts_with(b"ns/")));
-    let rest = up.get("\0", Some(GetOptions::new().with_from_key())).await.unwrap();
+    assert!(
+        del.prev_kvs()
+            .iter()
+            .all(|kv| !kv.key().starts_with(b"ns/"))
+    );
+    let rest = up
+        .get("\0", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     let keys: Vec<&[u8]> = rest.kvs().iter().map(|kv| kv.key()).collect();
     assert_eq!(
         keys,
@@ -357,7 +421,11 @@ async fn a_namespace_confines_every_request_to_its_prefix() {
 async fn a_write_goes_to_the_next_endpoint_when_the_first_cannot_be_reached() {
     let subject = Subject::start().await;
     let dead = format!("http://127.0.0.1:{}", cairn_tests::free_port());
-    let (proxy, mut pc) = start_proxy(config(vec![dead.clone(), subject.endpoint()])).await;
+    // No cache: its watch would find the dead endpoint first and move the
+    // pool on before the write is made.
+    let mut cfg = config(vec![dead.clone(), subject.endpoint()]);
+    cfg.cache_entries = 0;
+    let (proxy, mut pc) = start_proxy(cfg).await;
     assert_eq!(proxy.upstream().endpoints()[0], dead);
 
     // A write: nothing reached the dead endpoint, so it is sent on.
@@ -408,7 +476,10 @@ async fn the_proxy_learns_the_members_and_survives_the_loss_of_its_endpoint() {
     c.kill9(0);
 
     assert_eq!(value(&mut pc, "before", None).await.unwrap(), b"1");
-    assert_eq!(value(&mut pc, "before", serializable()).await.unwrap(), b"1");
+    assert_eq!(
+        value(&mut pc, "before", serializable()).await.unwrap(),
+        b"1"
+    );
     for i in 0..20 {
         let v = format!("v{i}");
         pc.put("after", v.clone(), None).await.unwrap();
@@ -497,7 +568,10 @@ async fn the_read_cache_follows_writes_from_anywhere() {
         if proxy.stats().cache_hits.load(Relaxed) > hits {
             break;
         }
-        assert!(Instant::now() < deadline, "no serializable read answered from the cache");
+        assert!(
+            Instant::now() < deadline,
+            "no serializable read answered from the cache"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -506,7 +580,10 @@ async fn the_read_cache_follows_writes_from_anywhere() {
     up.put("k", "v2", None).await.unwrap();
     let deadline = Instant::now() + EVENTUALLY;
     while value(&mut pc, "k", serializable()).await.unwrap() != b"v2" {
-        assert!(Instant::now() < deadline, "the proxy never saw a direct write");
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never saw a direct write"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -515,11 +592,22 @@ async fn the_read_cache_follows_writes_from_anywhere() {
     for i in 0..30 {
         let v = format!("p{i}");
         assert!(value(&mut pc, "k", serializable()).await.is_some());
-        let _ = pc.get("k", Some(GetOptions::new().with_prefix().with_serializable())).await;
+        let _ = pc
+            .get(
+                "k",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await;
         pc.put("k", v.clone(), None).await.unwrap();
-        assert_eq!(value(&mut pc, "k", serializable()).await.unwrap(), v.as_bytes());
+        assert_eq!(
+            value(&mut pc, "k", serializable()).await.unwrap(),
+            v.as_bytes()
+        );
         let r = pc
-            .get("k", Some(GetOptions::new().with_prefix().with_serializable()))
+            .get(
+                "k",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
             .await
             .unwrap();
         assert_eq!(r.kvs()[0].value(), v.as_bytes());
@@ -532,4 +620,211 @@ async fn the_read_cache_follows_writes_from_anywhere() {
         .unwrap();
     assert_eq!(value(&mut pc, "k", serializable()).await.unwrap(), b"t");
     assert!(proxy.stats().cache_hits.load(Relaxed) > 0);
+}
+
+/// A Lease service standing in for a member: renewal n (counted from 1
+/// across all streams) answers TTL n, and only once the test releases it;
+/// `break_next` makes the next renewal end its stream unanswered.
+#[derive(Clone)]
+struct FakeLease {
+    renewals: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    streams: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+    break_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl cairn_proto::etcdserverpb::lease_server::Lease for FakeLease {
+    async fn lease_grant(
+        &self,
+        _: tonic::Request<cairn_proto::etcdserverpb::LeaseGrantRequest>,
+    ) -> Result<tonic::Response<cairn_proto::etcdserverpb::LeaseGrantResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    async fn lease_revoke(
+        &self,
+        _: tonic::Request<cairn_proto::etcdserverpb::LeaseRevokeRequest>,
+    ) -> Result<tonic::Response<cairn_proto::etcdserverpb::LeaseRevokeResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    type LeaseKeepAliveStream =
+        cairn_proxy::BoxStream<cairn_proto::etcdserverpb::LeaseKeepAliveResponse>;
+
+    async fn lease_keep_alive(
+        &self,
+        r: tonic::Request<tonic::Streaming<cairn_proto::etcdserverpb::LeaseKeepAliveRequest>>,
+    ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, tonic::Status> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut input = r.into_inner();
+        let me = self.clone();
+        me.streams.fetch_add(1, SeqCst);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = input.message().await {
+                if me.break_next.swap(false, SeqCst) {
+                    let _ = tx
+                        .send(Err(tonic::Status::unavailable("fake: stream broken")))
+                        .await;
+                    return;
+                }
+                let n = me.renewals.fetch_add(1, SeqCst) + 1;
+                me.release.acquire().await.unwrap().forget();
+                let answer = cairn_proto::etcdserverpb::LeaseKeepAliveResponse {
+                    id: req.id,
+                    ttl: n,
+                    ..Default::default()
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _: tonic::Request<cairn_proto::etcdserverpb::LeaseTimeToLiveRequest>,
+    ) -> Result<tonic::Response<cairn_proto::etcdserverpb::LeaseTimeToLiveResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: tonic::Request<cairn_proto::etcdserverpb::LeaseLeasesRequest>,
+    ) -> Result<tonic::Response<cairn_proto::etcdserverpb::LeaseLeasesResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+}
+
+impl Default for FakeLease {
+    fn default() -> Self {
+        FakeLease {
+            renewals: Default::default(),
+            streams: Default::default(),
+            release: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+            break_next: Default::default(),
+        }
+    }
+}
+
+/// Serves `fake` on an ephemeral port; its URL.
+async fn serve_fake(fake: &FakeLease) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tonic::transport::Server::builder().add_service(LeaseServer::new(fake.clone()));
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// One client keep-alive stream on the proxy, as a raw gRPC client.
+struct RawKeeper {
+    tx: tokio::sync::mpsc::Sender<cairn_proto::etcdserverpb::LeaseKeepAliveRequest>,
+    answers: tonic::Streaming<cairn_proto::etcdserverpb::LeaseKeepAliveResponse>,
+}
+
+impl RawKeeper {
+    async fn open(ep: &str) -> RawKeeper {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut c = cairn_proto::etcdserverpb::lease_client::LeaseClient::connect(ep.to_string())
+            .await
+            .unwrap();
+        let answers = c
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawKeeper { tx, answers }
+    }
+
+    async fn send(&self, id: i64) {
+        self.tx
+            .send(cairn_proto::etcdserverpb::LeaseKeepAliveRequest { id })
+            .await
+            .unwrap();
+    }
+
+    async fn answer(&mut self) -> cairn_proto::etcdserverpb::LeaseKeepAliveResponse {
+        tokio::time::timeout(EVENTUALLY, self.answers.message())
+            .await
+            .expect("no keep-alive answer")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+async fn wait_for(what: &str, f: impl Fn() -> bool) {
+    eventually(what, || {
+        let done = f();
+        async move { done.then_some(()) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_keep_alive_is_answered_only_by_a_renewal_sent_after_it_arrived() {
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+    let fake = FakeLease::default();
+    let mut cfg = config(vec![serve_fake(&fake).await]);
+    cfg.cache_entries = 0;
+    let proxy = Proxy::new(cfg).unwrap();
+    let ep = serve(&proxy).await;
+    let (mut a, mut b, mut c) = (
+        RawKeeper::open(&ep).await,
+        RawKeeper::open(&ep).await,
+        RawKeeper::open(&ep).await,
+    );
+
+    // A's renewal (1) is sent and held by the member.
+    a.send(7).await;
+    wait_for("renewal 1 reaches the member", || {
+        fake.renewals.load(SeqCst) == 1
+    })
+    .await;
+    // B and C arrive while it is in flight.
+    b.send(7).await;
+    c.send(7).await;
+    wait_for("B and C reach the proxy", || {
+        proxy.stats().keepalives_client.load(Relaxed) == 3
+    })
+    .await;
+    fake.release.add_permits(1);
+    assert_eq!(a.answer().await.ttl, 1);
+    // Renewal 1 was sent before B and C asked: they share renewal 2.
+    wait_for("renewal 2 reaches the member", || {
+        fake.renewals.load(SeqCst) == 2
+    })
+    .await;
+    fake.release.add_permits(1);
+    assert_eq!(b.answer().await.ttl, 2);
+    assert_eq!(c.answer().await.ttl, 2);
+    assert_eq!(proxy.stats().keepalives_upstream.load(Relaxed), 2);
+    assert_eq!(
+        fake.streams.load(SeqCst),
+        1,
+        "one upstream stream for all clients"
+    );
+
+    // The upstream stream breaks under a request: it is re-opened and the
+    // request renewed there, the client's stream goes on.
+    fake.break_next.store(true, SeqCst);
+    fake.release.add_permits(1);
+    a.send(7).await;
+    assert_eq!(a.answer().await.ttl, 3);
+    assert_eq!(fake.streams.load(SeqCst), 2);
+    fake.release.add_permits(1);
+    b.send(7).await;
+    assert_eq!(b.answer().await.ttl, 4);
 }
