@@ -433,9 +433,12 @@ impl Cluster {
             .into_iter()
             .map(|i| format!("127.0.0.1:{}", self.members[i].client_port))
             .collect();
+        // etcdctl's default 5 s is short for a membership change on a CI
+        // machine running the whole suite on two cores.
         Command::new(ETCDCTL_BIN)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", eps.join(",")))
+            .arg("--command-timeout=15s")
             .args(args)
             .output()
             .expect("etcdctl")
