@@ -8,21 +8,7 @@ use cairn_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use crate::Proxy;
-
-macro_rules! forward {
-    ($self:ident, $r:ident, $method:ident, $idempotent:expr) => {{
-        let req = $r.into_inner();
-        let resp = $self
-            .0
-            .call($idempotent, |c| {
-                let req = req.clone();
-                async move { ClusterClient::new(c).$method(req).await }
-            })
-            .await?;
-        $self.0.saw(&resp.header);
-        Ok(Response::new(resp))
-    }};
-}
+use crate::forward::forward;
 
 #[tonic::async_trait]
 impl Cluster for Proxy {
@@ -30,35 +16,35 @@ impl Cluster for Proxy {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        forward!(self, r, member_add, false)
+        forward!(self, r, ClusterClient, member_add, false)
     }
 
     async fn member_remove(
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        forward!(self, r, member_remove, false)
+        forward!(self, r, ClusterClient, member_remove, false)
     }
 
     async fn member_update(
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        forward!(self, r, member_update, false)
+        forward!(self, r, ClusterClient, member_update, false)
     }
 
     async fn member_list(
         &self,
         r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        forward!(self, r, member_list, true)
+        forward!(self, r, ClusterClient, member_list, true)
     }
 
     async fn member_promote(
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        forward!(self, r, member_promote, false)
+        forward!(self, r, ClusterClient, member_promote, false)
     }
 }
 

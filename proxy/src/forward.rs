@@ -87,3 +87,22 @@ impl Inner {
         }
     }
 }
+
+/// One unary RPC of a service forwarded as it is: `$client` is the tonic
+/// client type, `$method` the call; the answer's header updates the
+/// proxy's view of the cluster's revision.
+macro_rules! forward {
+    ($self:ident, $r:ident, $client:ident, $method:ident, $idempotent:expr) => {{
+        let req = $r.into_inner();
+        let resp = $self
+            .0
+            .call($idempotent, |c| {
+                let req = req.clone();
+                async move { $client::new(c).$method(req).await }
+            })
+            .await?;
+        $self.0.saw(&resp.header);
+        Ok(tonic::Response::new(resp))
+    }};
+}
+pub(crate) use forward;

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::forward::forward;
 use crate::upstream::{Picked, Upstream};
 use crate::{BoxStream, Proxy, ProxyConfig, Stats};
 
@@ -246,28 +247,13 @@ impl Coalescer {
     }
 }
 
-macro_rules! forward {
-    ($self:ident, $r:ident, $method:ident, $idempotent:expr) => {{
-        let req = $r.into_inner();
-        let resp = $self
-            .0
-            .call($idempotent, |c| {
-                let req = req.clone();
-                async move { LeaseClient::new(c).$method(req).await }
-            })
-            .await?;
-        $self.0.saw(&resp.header);
-        Ok(Response::new(resp))
-    }};
-}
-
 #[tonic::async_trait]
 impl Lease for Proxy {
     async fn lease_grant(
         &self,
         r: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        forward!(self, r, lease_grant, false)
+        forward!(self, r, LeaseClient, lease_grant, false)
     }
 
     async fn lease_revoke(
@@ -276,7 +262,7 @@ impl Lease for Proxy {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         // The keys it held are gone: the cache must not serve them.
         let resp: Result<Response<LeaseRevokeResponse>, Status> =
-            forward!(self, r, lease_revoke, false);
+            forward!(self, r, LeaseClient, lease_revoke, false);
         if let Ok(r) = &resp {
             self.0.cache.clear_after(&r.get_ref().header);
         }
@@ -319,7 +305,7 @@ impl Lease for Proxy {
         &self,
         r: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        forward!(self, r, lease_leases, true)
+        forward!(self, r, LeaseClient, lease_leases, true)
     }
 }
 

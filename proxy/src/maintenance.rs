@@ -10,21 +10,7 @@ use cairn_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use crate::Proxy;
-
-macro_rules! forward {
-    ($self:ident, $r:ident, $method:ident, $idempotent:expr) => {{
-        let req = $r.into_inner();
-        let resp = $self
-            .0
-            .call($idempotent, |c| {
-                let req = req.clone();
-                async move { MaintenanceClient::new(c).$method(req).await }
-            })
-            .await?;
-        $self.0.saw(&resp.header);
-        Ok(Response::new(resp))
-    }};
-}
+use crate::forward::forward;
 
 impl Proxy {
     /// Status of the member the proxy talks to, as the proxy reports it.
@@ -48,7 +34,7 @@ impl Proxy {
 impl Maintenance for Proxy {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let idempotent = r.get_ref().action == 0; // GET
-        forward!(self, r, alarm, idempotent)
+        forward!(self, r, MaintenanceClient, alarm, idempotent)
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -59,15 +45,15 @@ impl Maintenance for Proxy {
         &self,
         r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        forward!(self, r, defragment, false)
+        forward!(self, r, MaintenanceClient, defragment, false)
     }
 
     async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        forward!(self, r, hash, true)
+        forward!(self, r, MaintenanceClient, hash, true)
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        forward!(self, r, hash_kv, true)
+        forward!(self, r, MaintenanceClient, hash_kv, true)
     }
 
     type SnapshotStream = crate::BoxStream<SnapshotResponse>;
@@ -90,13 +76,13 @@ impl Maintenance for Proxy {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        forward!(self, r, move_leader, false)
+        forward!(self, r, MaintenanceClient, move_leader, false)
     }
 
     async fn downgrade(
         &self,
         r: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        forward!(self, r, downgrade, false)
+        forward!(self, r, MaintenanceClient, downgrade, false)
     }
 }

@@ -218,6 +218,12 @@ impl Cluster {
     /// Starts member `i` (`state`: `new` or `existing`).
     pub fn spawn(&mut self, i: usize, state: &str) {
         let args = self.args(i, state);
+        self.launch(i, args);
+    }
+
+    /// Runs the server binary as member `i` with `args`, output to its log.
+    fn launch(&mut self, i: usize, args: Vec<String>) {
+        let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} already runs", m.name);
         let log = File::options()
@@ -225,7 +231,6 @@ impl Cluster {
             .append(true)
             .open(&m.log_path)
             .expect("open member log");
-        let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
         let child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
@@ -272,22 +277,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(m.extra_args.iter().cloned());
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&m.log_path)
-            .expect("open member log");
-        let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("dup")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn member");
-        let m = &mut self.members[i];
-        assert!(m.child.is_none(), "{} already runs", m.name);
-        m.child = Some(child);
+        self.launch(i, args);
     }
 
     /// Waits until member `i` answers a linearizable read.
