@@ -27,6 +27,15 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .route(
+            "/v3/cluster/member/demote",
+            post(|State(api): State<Api>, body: Bytes| async move {
+                unary(body, |r: pb::MemberRemoveRequest| async move {
+                    api.member_demote_req(r.id).await
+                })
+                .await
+            }),
+        )
         .with_state(api.clone())
         .merge(gateway(api))
 }

@@ -215,6 +215,48 @@ impl Api {
         })
     }
 
+    /// Turns a voter into a learner (cairn's own operation: etcd has none).
+    /// The voter leaves the quorum, so the rules of removing one apply; the
+    /// leader itself must hand leadership over first.
+    pub(super) async fn member_demote_here(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
+        let records = self.records()?;
+        let Some(m) = records.into_iter().find(|m| m.id == id) else {
+            return Err(not_found());
+        };
+        if m.is_learner {
+            return Err(failed("cairn: the member is already a learner"));
+        }
+        if id == self.node.status().id {
+            return Err(failed(
+                "cairn: the leader cannot be demoted; move leadership first (etcdctl move-leader)",
+            ));
+        }
+        if self.node.status().voters.len() <= 1 {
+            return Err(failed("cairn: the last voter cannot be demoted"));
+        }
+        self.check_reconfig(None, id).await?;
+        let mut record = m;
+        record.is_learner = true;
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        cc.node_id = id;
+        cc.context = record.encode_to_vec().into();
+        self.change(cc).await?;
+        let list = self.members()?;
+        Ok(MemberRemoveResponse {
+            header: list.header,
+            members: list.members,
+        })
+    }
+
+    /// `POST /v3/cluster/member/demote {"ID": ...}` on any member.
+    pub async fn member_demote_req(&self, id: u64) -> Result<MemberRemoveResponse, Status> {
+        let resp = self.on_leader(Req::MemberDemote(id)).await?;
+        let mut out = resp.member_remove.unwrap_or_default();
+        out.header = Some(self.header(self.mvcc.current_revision()));
+        Ok(out)
+    }
+
     pub async fn member_update_req(
         &self,
         req: MemberUpdateRequest,

@@ -87,6 +87,11 @@ impl Api {
                 member_remove: Some(r),
                 ..Default::default()
             }),
+            // The answer has MemberRemoveResponse's shape: the members after.
+            Req::MemberDemote(id) => self.member_demote_here(id).await.map(|r| PeerResponse {
+                member_remove: Some(r),
+                ..Default::default()
+            }),
             // The revision and the applied index are read together: a
             // member holding this index holds this revision.
             Req::Progress(_) => {

@@ -730,3 +730,70 @@ async fn a_proxy_with_max_stale_stops_serving_its_cache_when_it_cannot_confirm_i
     })
     .await;
 }
+
+/// Demotion (cairn only; etcd has no such RPC): a voter becomes a learner
+/// through `POST /v3/cluster/member/demote`, keeps serving reads, and can
+/// be promoted back. The leader must hand leadership over first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_voter_is_demoted_to_a_learner_and_promoted_back() {
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::start(Kind::Cairn, 3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let id = c.member_id(victim).await;
+    let leader_id = c.member_id(leader).await;
+    let demote = |c: &Cluster, at: usize, id: u64| {
+        http_request(
+            ("127.0.0.1", c.members[at].client_port),
+            "POST",
+            "/v3/cluster/member/demote",
+            Some(&format!("{{\"ID\":\"{id}\"}}")),
+        )
+    };
+    let (code, body) = demote(&c, victim, leader_id);
+    assert_ne!(code, 200, "the leader was demoted: {body}");
+    assert!(body.contains("move leadership first"), "{body}");
+    // Sent to the victim itself: it is forwarded to the leader. The leader
+    // refuses changes for a while after members connect; retry on that.
+    let body = eventually("demoted", Duration::from_secs(20), || {
+        let (code, body) = demote(&c, victim, id);
+        async move { (code == 200).then_some(body) }
+    })
+    .await;
+    assert!(
+        body.contains("isLearner") || body.contains("is_learner"),
+        "{body}"
+    );
+    let mut vc = c.client(victim).await;
+    let members = c.client(leader).await.member_list().await.unwrap();
+    let m = members.members().iter().find(|m| m.id() == id).unwrap();
+    assert!(m.is_learner());
+    assert!(vc.status().await.unwrap().is_learner());
+    // Two voters still make a quorum; the learner serves reads.
+    let mut lc = c.client(leader).await;
+    let rev = lc
+        .put("after-demote", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let r = vc.get("after-demote", None).await.unwrap();
+    assert_eq!(r.kvs()[0].mod_revision(), rev);
+    let (code, body) = demote(&c, leader, id);
+    assert_ne!(code, 200);
+    assert!(body.contains("already a learner"), "{body}");
+    // And back.
+    let id_hex = format!("{id:x}");
+    eventually("promoted back", Duration::from_secs(20), || {
+        let out = etcdctl(
+            &c.members[leader].client_url(),
+            &["member", "promote", &id_hex],
+        );
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    assert!(!vc.status().await.unwrap().is_learner());
+}
