@@ -116,11 +116,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
 
     if cfg.role == Role::Proxy {
-        if client_tls.is_some() {
-            anyhow::bail!("--role proxy does not serve https client URLs yet");
-        }
-        let tcp = tcp.into_iter().map(|(l, _)| l).collect();
-        return cairn_agent::proxy_role::run(cfg, tcp, unix).await;
+        return cairn_agent::proxy_role::run(cfg, tcp, client_tls, unix).await;
     }
 
     let peer_addr = match cfg.listen_peer_urls.first().map(|u| (&u.addr, &u.original)) {

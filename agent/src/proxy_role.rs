@@ -35,7 +35,8 @@ pub fn proxy_config(cfg: &Config) -> ProxyConfig {
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn run(
     cfg: Config,
-    tcp: Vec<TcpListener>,
+    tcp: Vec<(TcpListener, bool)>,
+    client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     unix: Vec<UnixListener>,
 ) -> anyhow::Result<()> {
     let proxy = Proxy::new(proxy_config(&cfg)).context("starting the proxy")?;
@@ -52,9 +53,22 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for l in tcp {
-        tracing::info!(addr = %l.local_addr()?, "serving client requests");
-        tasks.spawn(serve::serve_tcp(routes(), l, stopped(stop_rx.clone())));
+    for (l, tls) in tcp {
+        match (tls, &client_tls) {
+            (true, Some(config)) => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests (TLS)");
+                tasks.spawn(serve::serve_tls(
+                    routes(),
+                    l,
+                    config.clone(),
+                    stopped(stop_rx.clone()),
+                ));
+            }
+            _ => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests");
+                tasks.spawn(serve::serve_tcp(routes(), l, stopped(stop_rx.clone())));
+            }
+        }
     }
     for l in unix {
         tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");

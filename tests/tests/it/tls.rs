@@ -279,3 +279,69 @@ fn an_https_url_without_a_certificate_is_refused() {
     let err = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(err.contains("--cert-file"), "{err}");
 }
+
+/// The proxy role serves https client URLs with the same flags.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_serves_https_client_urls() {
+    if subject_kind() == Kind::Etcd {
+        return; // cairn's --role proxy
+    }
+    let upstream = cairn_tests::Subject::start().await;
+    let pki = Pki::new("client");
+    let (cert, key) = pki.member("proxy");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let log = dir.path().join("proxy.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin_for(Kind::Cairn))
+        .args([
+            "--role",
+            "proxy",
+            "--endpoints",
+            &upstream.endpoint(),
+            "--data-dir",
+            &dir.path().join("p").display().to_string(),
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .unwrap();
+    let s = TlsServer {
+        child,
+        port,
+        ca: pki.ca_path.display().to_string(),
+        _dir: dir,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s.etcdctl(None, &["put", "via-tls-proxy", "yes"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS proxy did not answer: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&s.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = upstream
+        .client()
+        .await
+        .get("via-tls-proxy", None)
+        .await
+        .unwrap();
+    assert_eq!(r.kvs()[0].value(), b"yes");
+}
