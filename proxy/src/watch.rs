@@ -2,31 +2,44 @@
 //!
 //! Client watchers that start "now" (no start revision) on the same key
 //! range with the same `prev_kv` share one upstream watcher: a *group*, one
-//! task holding one upstream Watch stream. A watcher with a start revision
-//! gets a group of its own (its history is its own), so correctness never
+//! task holding one upstream Watch stream. Filters are applied per client
+//! here, so they do not split groups. A watcher with a start revision gets
+//! a group of its own (its history is its own), so correctness never
 //! depends on catching up a shared stream.
 //!
 //! The group's `rev` is the revision up to which it has handed every event
 //! to its subscribers. A subscriber joining a running group is created at
 //! `rev` and gets every event after it; joining and handing out events
-//! happen under the group's lock, so nothing falls between the two. Events
-//! go to each client stream's task through a bounded channel that preserves
-//! their order; a client too slow to drain it loses its watcher (canceled,
-//! with a reason) rather than slowing down the other clients of the group.
+//! happen under the group's lock, so nothing falls between the two.
+//!
+//! Each client stream has one ordered queue ([`Outbox`]) that all its
+//! groups feed. Responses (created, events, progress notifications) count
+//! against a bound; a group never waits on it: a client stream whose queue
+//! is full loses the watcher the group was serving (it gets the events
+//! queued so far, then a cancel with a reason, and can watch again from
+//! the last revision it received), and the group's other clients are not
+//! held back. Cancels and progress answers do not count against the bound
+//! (there is at most one per watcher, one per group and probe), so they are
+//! never lost and stay in order behind the events before them. Every
+//! message names the subscriber it was made for; the stream drops what is
+//! queued for a watcher it no longer has, so nothing follows a cancel.
 //!
 //! Progress: the upstream watch is created with `progress_notify`, and its
-//! notifications reach the clients that asked for them. A client's
-//! `progress_request` is answered after every group feeding its stream has
-//! answered a progress request of its own upstream: the answer is the
-//! lowest of their revisions, and every event up to it has already been
-//! queued to the client, ahead of the answer.
+//! notifications reach the clients that asked for them, with the group's
+//! `rev`. A client's `progress_request` starts a *round*: every group
+//! feeding the stream asks its own upstream stream for progress (a group
+//! never answers from a request it sent before the round began), and
+//! queues its answer behind its events. The client is answered once every
+//! group has, with the lowest revision: every event up to it has been sent
+//! ahead of the answer. Requests arriving during a round are answered by
+//! the next one.
 //!
 //! When an upstream stream breaks, the group reopens it on the next endpoint
 //! from `rev + 1`: clients see neither a gap nor a duplicate. If that
 //! revision was compacted meanwhile, its clients are canceled with the
 //! compact revision, as a member would do.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,26 +50,32 @@ use cairn_proto::etcdserverpb::{
 };
 use cairn_proto::mvccpb::Event;
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::namespace::Namespace;
 use crate::upstream::Upstream;
 use crate::{BoxStream, Proxy, ProxyConfig, Stats};
 
-/// Messages queued from groups to one client stream.
+/// Responses queued from groups to one client stream; past this the
+/// watcher being served is cut.
 const STREAM_QUEUE: usize = 1024;
+/// Responses handed to gRPC for one client stream (beyond the queue).
+const STREAM_SEND_QUEUE: usize = 64;
 /// Watchers one client stream may hold.
 const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+const SLOW_CLIENT: &str = "cairn proxy: the client did not keep up with its events; \
+                           watch again from the last revision received";
 
 /// (key, range_end, prev_kv, 0 for a shared group or a unique number).
 type GroupKey = (Vec<u8>, Vec<u8>, bool, u64);
+type Groups = Arc<Mutex<HashMap<GroupKey, Arc<Group>>>>;
 
 pub(crate) struct Watches {
     upstream: Upstream,
     ns: Namespace,
     stats: Arc<Stats>,
-    groups: Arc<Mutex<HashMap<GroupKey, Arc<Group>>>>,
+    groups: Groups,
     unique: AtomicU64,
     subs: AtomicU64,
 }
@@ -76,10 +95,10 @@ struct GroupState {
     header: ResponseHeader,
 }
 
-/// One client watcher, as its group sees it.
+/// One client watcher, as its group sees it (kept small: an idle watcher
+/// is this, a map slot here and one in its stream).
 struct Sub {
-    out: mpsc::Sender<Msg>,
-    lost: Arc<Lost>,
+    out: Arc<Outbox>,
     watch_id: i64,
     no_put: bool,
     no_delete: bool,
@@ -87,49 +106,90 @@ struct Sub {
     created: bool,
 }
 
-/// Watchers a group had to drop because their client did not keep up.
-#[derive(Default)]
-struct Lost {
-    ids: Mutex<Vec<i64>>,
-    notify: Notify,
+/// The ordered queue from the groups to one client stream's task.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Msg>,
+    /// `Msg::Resp` in `tx`, bounded by `STREAM_QUEUE`.
+    queued: AtomicUsize,
 }
 
 enum Msg {
-    Resp(Box<WatchResponse>),
-    /// A group's answer to a progress probe.
-    Progress {
-        probe: u64,
-        rev: i64,
-    },
+    /// For subscriber `sub`: counted against the bound.
+    Resp { sub: u64, resp: Box<WatchResponse> },
+    /// Subscriber `sub` is canceled; the last message made for it.
+    End { sub: u64, resp: Box<WatchResponse> },
+    /// A group's answer to progress round `probe`; `None` when the group
+    /// ended (it feeds nothing any more).
+    Progress { probe: u64, rev: Option<i64> },
 }
 
 enum Ctl {
-    Progress { out: mpsc::Sender<Msg>, probe: u64 },
+    Progress { out: Arc<Outbox>, probe: u64 },
     Close,
 }
 
-fn filtered(sub: &Sub, events: &[Event]) -> Vec<Event> {
-    events
-        .iter()
-        .filter(|e| match e.r#type {
-            0 => !sub.no_put,
-            _ => !sub.no_delete,
-        })
-        .cloned()
-        .collect()
+/// Progress rounds a group's upstream stream is asked for.
+#[derive(Default)]
+struct Probes {
+    /// Answered by the upstream request in flight.
+    inflight: Vec<(Arc<Outbox>, u64)>,
+    /// Arrived after it was sent: need the next one.
+    waiting: Vec<(Arc<Outbox>, u64)>,
 }
 
-impl Group {
-    /// Queues `resp` to a subscriber; a full queue drops the subscriber.
-    fn offer(sub: &Sub, resp: WatchResponse) -> bool {
-        if sub.out.try_send(Msg::Resp(Box::new(resp))).is_ok() {
-            return true;
-        }
-        sub.lost.ids.lock().unwrap().push(sub.watch_id);
-        sub.lost.notify.notify_one();
-        false
+/// What an upstream response did to the group.
+enum Step {
+    Continue,
+    /// The answer to our progress request, at this revision.
+    Progress(i64),
+    /// The upstream canceled the watch; the group is over.
+    End,
+}
+
+fn matches(sub: &Sub, e: &Event) -> bool {
+    match e.r#type {
+        0 => !sub.no_put,
+        _ => !sub.no_delete,
     }
 }
+
+// === impl Outbox ===
+
+impl Outbox {
+    fn new() -> (Arc<Outbox>, mpsc::UnboundedReceiver<Msg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = Outbox {
+            tx,
+            queued: AtomicUsize::new(0),
+        };
+        (Arc::new(out), rx)
+    }
+
+    /// Queues a response for `sub`; false when the queue is full.
+    fn offer(&self, sub: u64, resp: WatchResponse) -> bool {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= STREAM_QUEUE {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let resp = Box::new(resp);
+        if self.tx.send(Msg::Resp { sub, resp }).is_err() {
+            // The stream is gone; it removes its watchers as it ends.
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    fn end(&self, sub: u64, resp: WatchResponse) {
+        let resp = Box::new(resp);
+        let _ = self.tx.send(Msg::End { sub, resp });
+    }
+
+    fn progress(&self, probe: u64, rev: Option<i64>) {
+        let _ = self.tx.send(Msg::Progress { probe, rev });
+    }
+}
+
+// === impl GroupState ===
 
 impl GroupState {
     fn header(&self, rev: i64) -> Option<ResponseHeader> {
@@ -139,28 +199,49 @@ impl GroupState {
         })
     }
 
-    /// Sends `created` to subscribers still waiting for it.
-    fn create_pending(&mut self, stats: &Stats) {
-        let header = self.header(self.rev);
-        let mut dropped = Vec::new();
-        for (id, sub) in self.subs.iter_mut().filter(|(_, s)| !s.created) {
-            sub.created = true;
-            let r = WatchResponse {
+    /// Offers each subscriber what `make` gives it; subscribers whose
+    /// stream is full are canceled and leave the group.
+    fn send_all(&mut self, stats: &Stats, mut make: impl FnMut(&Sub) -> Option<WatchResponse>) {
+        let mut slow = Vec::new();
+        for (id, sub) in self.subs.iter_mut() {
+            let Some(resp) = make(sub) else { continue };
+            let created = resp.created;
+            if sub.out.offer(*id, resp) {
+                sub.created |= created;
+            } else {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            let sub = self.subs.remove(&id).expect("listed above");
+            stats.client_watchers.fetch_sub(1, Ordering::Relaxed);
+            let resp = WatchResponse {
+                header: self.header(self.rev),
+                watch_id: sub.watch_id,
+                created: !sub.created,
+                canceled: true,
+                cancel_reason: SLOW_CLIENT.into(),
+                ..Default::default()
+            };
+            sub.out.end(id, resp);
+        }
+    }
+
+    /// Sends `created` at `rev` to subscribers still waiting for it.
+    fn create_pending(&mut self, stats: &Stats, rev: i64) {
+        let header = self.header(rev);
+        self.send_all(stats, |sub| {
+            (!sub.created).then(|| WatchResponse {
                 header,
                 watch_id: sub.watch_id,
                 created: true,
                 ..Default::default()
-            };
-            if !Group::offer(sub, r) {
-                dropped.push(*id);
-            }
-        }
-        for id in dropped {
-            self.subs.remove(&id);
-            stats.client_watchers.fetch_sub(1, Ordering::Relaxed);
-        }
+            })
+        });
     }
 }
+
+// === impl Watches ===
 
 impl Watches {
     pub(crate) fn new(
@@ -181,13 +262,7 @@ impl Watches {
 
     /// Adds a subscriber to the group for `c` (creating it), and returns
     /// the group and the subscriber's id in it.
-    fn join(
-        &self,
-        c: &WatchCreateRequest,
-        watch_id: i64,
-        out: mpsc::Sender<Msg>,
-        lost: Arc<Lost>,
-    ) -> (Arc<Group>, u64) {
+    fn join(&self, c: &WatchCreateRequest, watch_id: i64, out: Arc<Outbox>) -> (Arc<Group>, u64) {
         let key = self.ns.key(&c.key);
         let end = self.ns.range_end(&c.range_end);
         let unique = if c.start_revision > 0 {
@@ -199,7 +274,6 @@ impl Watches {
         let sub_id = self.subs.fetch_add(1, Ordering::Relaxed);
         let sub = Sub {
             out,
-            lost,
             watch_id,
             no_put: c.filters.contains(&0),
             no_delete: c.filters.contains(&1),
@@ -213,7 +287,8 @@ impl Watches {
             if !st.closed {
                 st.subs.insert(sub_id, sub);
                 if st.live {
-                    st.create_pending(&self.stats);
+                    let rev = st.rev;
+                    st.create_pending(&self.stats, rev);
                 }
                 drop(st);
                 return (g, sub_id);
@@ -261,6 +336,8 @@ impl Watches {
     }
 }
 
+// === the group task ===
+
 /// Holds the group's upstream watch until its last subscriber leaves.
 async fn run_group(
     g: Arc<Group>,
@@ -268,11 +345,11 @@ async fn run_group(
     upstream: Upstream,
     ns: Namespace,
     stats: Arc<Stats>,
-    groups: Arc<Mutex<HashMap<GroupKey, Arc<Group>>>>,
+    groups: Groups,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
 ) {
     let (key, end, prev_kv, _) = g.key.clone();
-    let mut probes: Vec<(mpsc::Sender<Msg>, u64)> = Vec::new();
+    let mut probes = Probes::default();
     let mut first = true;
     'reconnect: loop {
         let from = {
@@ -284,19 +361,21 @@ async fn run_group(
         };
         let (picked, channel) = upstream.pick();
         let (tx, rx) = mpsc::channel::<WatchRequest>(16);
-        let _ = tx
-            .send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: key.clone(),
-                    range_end: end.clone(),
-                    start_revision: from,
-                    progress_notify: true,
-                    prev_kv,
-                    ..Default::default()
-                })),
-            })
-            .await;
+        let create = WatchCreateRequest {
+            key: key.clone(),
+            range_end: end.clone(),
+            start_revision: from,
+            progress_notify: true,
+            prev_kv,
+            ..Default::default()
+        };
+        let _ = tx.try_send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        });
+        // A member sends one revision's events in one message however
+        // large; refusing it would wedge the group in a reconnect loop.
         let mut answers = match WatchClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
         {
@@ -309,27 +388,41 @@ async fn run_group(
             }
         };
         stats.upstream_watches.fetch_add(1, Ordering::Relaxed);
-        // Probes sent before a reconnect are asked again on this stream.
-        for _ in 0..probes.len().min(1) {
+        // Requests sent on a stream that broke are asked again on this one.
+        probes.inflight.append(&mut probes.waiting);
+        if !probes.inflight.is_empty() {
             let _ = tx.try_send(progress_request());
         }
         let broke = loop {
             tokio::select! {
                 c = ctl.recv() => match c {
                     Some(Ctl::Progress { out, probe }) => {
-                        if probes.is_empty() {
+                        if probes.inflight.is_empty() {
                             let _ = tx.send(progress_request()).await;
+                            probes.inflight.push((out, probe));
+                        } else {
+                            probes.waiting.push((out, probe));
                         }
-                        probes.push((out, probe));
                     }
                     Some(Ctl::Close) | None => break false,
                 },
                 a = answers.next() => match a {
                     Some(Ok(r)) => {
-                        if !handle(&g, &ns, &stats, r, first, &mut probes) {
-                            break false;
-                        }
+                        let step = handle(&g, &ns, &stats, r, first);
                         first = false;
+                        match step {
+                            Step::Continue => {}
+                            Step::Progress(rev) => {
+                                for (out, probe) in probes.inflight.drain(..) {
+                                    out.progress(probe, Some(rev));
+                                }
+                                if !probes.waiting.is_empty() {
+                                    std::mem::swap(&mut probes.inflight, &mut probes.waiting);
+                                    let _ = tx.send(progress_request()).await;
+                                }
+                            }
+                            Step::End => break false,
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "upstream watch stream failed");
@@ -347,12 +440,24 @@ async fn run_group(
         upstream.failed(&picked);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Whatever ended the group: it takes no more subscribers.
-    let mut all = groups.lock().unwrap();
-    let mut st = g.state.lock().unwrap();
-    st.closed = true;
-    if all.get(&g.key).is_some_and(|x| Arc::ptr_eq(x, &g)) {
-        all.remove(&g.key);
+    // Whatever ended the group: it takes no more subscribers, and every
+    // progress round waiting on it hears that it feeds nothing.
+    {
+        let mut all = groups.lock().unwrap();
+        let mut st = g.state.lock().unwrap();
+        st.closed = true;
+        if all.get(&g.key).is_some_and(|x| Arc::ptr_eq(x, &g)) {
+            all.remove(&g.key);
+        }
+    }
+    ctl.close();
+    for (out, probe) in probes.inflight.drain(..).chain(probes.waiting.drain(..)) {
+        out.progress(probe, None);
+    }
+    while let Ok(c) = ctl.try_recv() {
+        if let Ctl::Progress { out, probe } = c {
+            out.progress(probe, None);
+        }
     }
 }
 
@@ -362,15 +467,8 @@ fn progress_request() -> WatchRequest {
     }
 }
 
-/// Applies one upstream answer; false when the group must end.
-fn handle(
-    g: &Group,
-    ns: &Namespace,
-    stats: &Stats,
-    mut r: WatchResponse,
-    first: bool,
-    probes: &mut Vec<(mpsc::Sender<Msg>, u64)>,
-) -> bool {
+/// Applies one upstream answer to the group.
+fn handle(g: &Group, ns: &Namespace, stats: &Stats, mut r: WatchResponse, first: bool) -> Step {
     let mut st = g.state.lock().unwrap();
     if let Some(h) = &r.header {
         st.header = ResponseHeader { revision: 0, ..*h };
@@ -382,7 +480,8 @@ fn handle(
     if r.canceled {
         // Compacted (or refused): every subscriber is canceled as a member
         // would cancel it.
-        for sub in st.subs.values() {
+        let n = st.subs.len() as i64;
+        for (id, sub) in st.subs.drain() {
             let resp = WatchResponse {
                 header: r.header,
                 watch_id: sub.watch_id,
@@ -392,43 +491,40 @@ fn handle(
                 cancel_reason: r.cancel_reason.clone(),
                 ..Default::default()
             };
-            Group::offer(sub, resp);
+            sub.out.end(id, resp);
         }
-        let n = st.subs.len() as i64;
-        st.subs.clear();
         stats.client_watchers.fetch_sub(n, Ordering::Relaxed);
         st.closed = true;
-        return false;
+        return Step::End;
     }
     if r.created {
-        if first && g.key.3 == 0 {
+        let shared = g.key.3 == 0;
+        if first && shared {
             // A shared group starts at the member's current revision.
             st.rev = header_rev;
         }
         st.live = true;
-        st.create_pending(stats);
-        return true;
+        // A watcher with history is created at the member's revision, as
+        // the member would answer; a shared one where the group stands.
+        let at = if shared { st.rev } else { header_rev };
+        st.create_pending(stats, at);
+        return Step::Continue;
     }
     if r.events.is_empty() {
         // Progress: all events up to the header's revision were sent.
         st.rev = st.rev.max(header_rev);
-        let rev = st.rev;
         if r.watch_id == -1 {
-            for (out, probe) in probes.drain(..) {
-                let _ = out.try_send(Msg::Progress { probe, rev });
-            }
-        } else {
-            let header = st.header(rev);
-            for sub in st.subs.values().filter(|s| s.progress_notify && s.created) {
-                let resp = WatchResponse {
-                    header,
-                    watch_id: sub.watch_id,
-                    ..Default::default()
-                };
-                Group::offer(sub, resp);
-            }
+            return Step::Progress(st.rev);
         }
-        return true;
+        let header = st.header(st.rev);
+        st.send_all(stats, |sub| {
+            (sub.progress_notify && sub.created).then(|| WatchResponse {
+                header,
+                watch_id: sub.watch_id,
+                ..Default::default()
+            })
+        });
+        return Step::Continue;
     }
     for e in &mut r.events {
         if let Some(kv) = &mut e.kv {
@@ -444,150 +540,79 @@ fn handle(
         .and_then(|e| e.kv.as_ref())
         .map(|kv| kv.mod_revision)
         .unwrap_or(header_rev);
-    let mut dropped = Vec::new();
-    for (id, sub) in st.subs.iter().filter(|(_, s)| s.created) {
-        let events = filtered(sub, &r.events);
-        if events.is_empty() {
-            continue;
+    st.send_all(stats, |sub| {
+        if !sub.created {
+            return None;
         }
-        let resp = WatchResponse {
+        let events: Vec<Event> = if sub.no_put || sub.no_delete {
+            r.events
+                .iter()
+                .filter(|e| matches(sub, e))
+                .cloned()
+                .collect()
+        } else {
+            r.events.clone()
+        };
+        (!events.is_empty()).then(|| WatchResponse {
             header: r.header,
             watch_id: sub.watch_id,
             events,
             fragment: r.fragment,
             ..Default::default()
-        };
-        if !Group::offer(sub, resp) {
-            dropped.push(*id);
-        }
-    }
-    for id in dropped {
-        st.subs.remove(&id);
-        stats.client_watchers.fetch_sub(1, Ordering::Relaxed);
-    }
+        })
+    });
     if !r.fragment {
         st.rev = st.rev.max(last);
     }
-    true
+    Step::Continue
+}
+
+// === the client stream task ===
+
+/// The client went away.
+struct Gone;
+
+/// A progress request being answered.
+struct Round {
+    probe: u64,
+    /// Groups asked (and yet to answer: `missing`).
+    asked: Vec<Arc<Group>>,
+    missing: usize,
+    low: Option<i64>,
+    /// Client requests this round answers.
+    requests: usize,
+}
+
+struct ClientStream {
+    proxy: Proxy,
+    out: Arc<Outbox>,
+    client_tx: mpsc::Sender<Result<Box<WatchResponse>, Box<Status>>>,
+    /// watch id -> (group, subscriber id in it)
+    mine: HashMap<i64, (Arc<Group>, u64)>,
+    next_id: i64,
+    round: Option<Round>,
+    /// Requests that arrived during the round: the next round's.
+    later: usize,
+    probe_seq: u64,
 }
 
 impl Proxy {
     /// A client's Watch stream fed by `input`.
-    pub fn watch_stream(&self, mut input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse> {
+    pub fn watch_stream(&self, input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse> {
         // Boxed items keep an idle stream's channel blocks small.
-        let (client_tx, client_rx) = mpsc::channel::<Result<Box<WatchResponse>, Box<Status>>>(64);
-        let (msg_tx, mut msgs) = mpsc::channel::<Msg>(STREAM_QUEUE);
-        let lost = Arc::new(Lost::default());
-        let proxy = self.clone();
-        tokio::spawn(async move {
-            let w = &proxy.0.watches;
-            let mut mine: HashMap<i64, (Arc<Group>, u64)> = HashMap::new();
-            let mut next_id: i64 = 0;
-            // (probe id, answers missing, lowest revision answered)
-            let mut probe: Option<(u64, usize, i64)> = None;
-            let mut probe_seq = 0u64;
-            let mut pending_probes = 0usize;
-            loop {
-                tokio::select! {
-                    req = input.next() => {
-                        let Some(Ok(req)) = req else { break };
-                        match req.request_union {
-                            Some(RequestUnion::CreateRequest(c)) => {
-                                let id = if c.watch_id != 0 { c.watch_id } else {
-                                    while mine.contains_key(&next_id) { next_id += 1; }
-                                    next_id
-                                };
-                                if mine.contains_key(&id) || mine.len() >= MAX_WATCHERS_PER_STREAM {
-                                    let reason = if mine.contains_key(&id) {
-                                        "mvcc: duplicate watch ID provided on the WatchStream"
-                                    } else {
-                                        "cairn: too many watchers on this stream"
-                                    };
-                                    let r = WatchResponse {
-                                        watch_id: -1, created: true, canceled: true,
-                                        cancel_reason: reason.into(), ..Default::default()
-                                    };
-                                    if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
-                                    continue;
-                                }
-                                if c.watch_id == 0 { next_id += 1; }
-                                let joined = w.join(&c, id, msg_tx.clone(), lost.clone());
-                                mine.insert(id, joined);
-                            }
-                            Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) => {
-                                if let Some((g, sub)) = mine.remove(&watch_id) {
-                                    w.leave(&g, sub);
-                                    let r = WatchResponse {
-                                        header: g.state.lock().unwrap().header(0).map(|mut h| { h.revision = proxy.0.stats.upstream_revision.load(Ordering::Relaxed); h }),
-                                        watch_id, canceled: true, ..Default::default()
-                                    };
-                                    if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
-                                }
-                            }
-                            Some(RequestUnion::ProgressRequest(_)) => {
-                                if probe.is_some() {
-                                    pending_probes += 1;
-                                    continue;
-                                }
-                                probe_seq += 1;
-                                let groups = distinct(&mine);
-                                if groups.is_empty() {
-                                    let r = current_revision(&proxy).await;
-                                    if client_tx.send(r.map(|h| Box::new(WatchResponse { header: Some(h), watch_id: -1, ..Default::default() })).map_err(Box::new)).await.is_err() { break; }
-                                    continue;
-                                }
-                                for g in &groups {
-                                    let _ = g.ctl.send(Ctl::Progress { out: msg_tx.clone(), probe: probe_seq });
-                                }
-                                probe = Some((probe_seq, groups.len(), i64::MAX));
-                            }
-                            None => {}
-                        }
-                    }
-                    m = msgs.recv() => {
-                        let Some(m) = m else { break };
-                        match m {
-                            Msg::Resp(r) => {
-                                if client_tx.send(Ok(r)).await.is_err() { break; }
-                            }
-                            Msg::Progress { probe: p, rev } => {
-                                let Some((id, missing, low)) = probe.as_mut() else { continue };
-                                if *id != p { continue; }
-                                *missing -= 1;
-                                *low = (*low).min(rev);
-                                if *missing == 0 {
-                                    let rev = *low;
-                                    probe = None;
-                                    let header = mine.values().next().and_then(|(g, _)| g.state.lock().unwrap().header(rev));
-                                    let n = 1 + std::mem::take(&mut pending_probes);
-                                    for _ in 0..n {
-                                        let r = WatchResponse { header, watch_id: -1, ..Default::default() };
-                                        if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    _ = lost.notify.notified() => {
-                        let ids: Vec<i64> = std::mem::take(&mut *lost.ids.lock().unwrap());
-                        for id in ids {
-                            if let Some((g, sub)) = mine.remove(&id) {
-                                w.leave(&g, sub);
-                                let r = WatchResponse {
-                                    watch_id: id, canceled: true,
-                                    cancel_reason: "cairn proxy: the client did not keep up with its events; watch again from the last revision received".into(),
-                                    ..Default::default()
-                                };
-                                if client_tx.send(Ok(Box::new(r))).await.is_err() { break; }
-                            }
-                        }
-                    }
-                }
-            }
-            for (_, (g, sub)) in mine.drain() {
-                w.leave(&g, sub);
-            }
-        });
+        let (client_tx, client_rx) = mpsc::channel(STREAM_SEND_QUEUE);
+        let (out, msgs) = Outbox::new();
+        let stream = ClientStream {
+            proxy: self.clone(),
+            out,
+            client_tx,
+            mine: HashMap::new(),
+            next_id: 0,
+            round: None,
+            later: 0,
+            probe_seq: 0,
+        };
+        tokio::spawn(stream.run(input, msgs));
         Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(client_rx)
                 .map(|r| r.map(|b| *b).map_err(|e| *e)),
@@ -595,14 +620,226 @@ impl Proxy {
     }
 }
 
-fn distinct(mine: &HashMap<i64, (Arc<Group>, u64)>) -> Vec<Arc<Group>> {
-    let mut out: Vec<Arc<Group>> = Vec::new();
-    for (g, _) in mine.values() {
-        if !out.iter().any(|x| Arc::ptr_eq(x, g)) {
-            out.push(g.clone());
+impl ClientStream {
+    async fn run(
+        mut self,
+        mut input: BoxStream<WatchRequest>,
+        mut msgs: mpsc::UnboundedReceiver<Msg>,
+    ) {
+        loop {
+            let step = tokio::select! {
+                req = input.next() => match req {
+                    Some(Ok(req)) => self.request(req).await,
+                    Some(Err(_)) | None => Err(Gone),
+                },
+                m = msgs.recv() => match m {
+                    Some(m) => self.message(m).await,
+                    None => Err(Gone),
+                },
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        let w = &self.proxy.0.watches;
+        for (_, (g, sub)) in self.mine.drain() {
+            w.leave(&g, sub);
         }
     }
-    out
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
+        self.client_tx
+            .send(Ok(Box::new(resp)))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn request(&mut self, req: WatchRequest) -> Result<(), Gone> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) => {
+                // A member answers only the cancel of a watcher it has.
+                let Some((g, sub)) = self.mine.remove(&watch_id) else {
+                    return Ok(());
+                };
+                self.proxy.0.watches.leave(&g, sub);
+                let mut header = g.state.lock().unwrap().header(0);
+                if let Some(h) = &mut header {
+                    h.revision = self.proxy.0.stats.upstream_revision.load(Ordering::Relaxed);
+                }
+                self.send(WatchResponse {
+                    header,
+                    watch_id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                if self.round.is_some() {
+                    self.later += 1;
+                    return Ok(());
+                }
+                self.start_round(1).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.mine.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let refuse = if self.mine.contains_key(&id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        } else if self.mine.len() >= MAX_WATCHERS_PER_STREAM {
+            Some("cairn: too many watchers on this stream")
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            // A member answers a refused create with watch id -1.
+            return self
+                .send(WatchResponse {
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        if c.watch_id == 0 {
+            self.next_id += 1;
+        }
+        let (g, sub) = self.proxy.0.watches.join(&c, id, self.out.clone());
+        // A progress round under way covers this watcher too: its group
+        // answers after its created response and the events that follow.
+        if let Some(round) = &mut self.round
+            && !round.asked.iter().any(|x| Arc::ptr_eq(x, &g))
+        {
+            let probe = round.probe;
+            if g.ctl
+                .send(Ctl::Progress {
+                    out: self.out.clone(),
+                    probe,
+                })
+                .is_ok()
+            {
+                round.missing += 1;
+            }
+            round.asked.push(g.clone());
+        }
+        self.mine.insert(id, (g, sub));
+        Ok(())
+    }
+
+    fn is_mine(&self, watch_id: i64, sub: u64) -> bool {
+        self.mine.get(&watch_id).is_some_and(|(_, s)| *s == sub)
+    }
+
+    async fn message(&mut self, m: Msg) -> Result<(), Gone> {
+        match m {
+            Msg::Resp { sub, resp } => {
+                self.out.queued.fetch_sub(1, Ordering::Relaxed);
+                if self.is_mine(resp.watch_id, sub) {
+                    self.client_tx.send(Ok(resp)).await.map_err(|_| Gone)?;
+                }
+                Ok(())
+            }
+            Msg::End { sub, resp } => {
+                if self.is_mine(resp.watch_id, sub) {
+                    self.mine.remove(&resp.watch_id);
+                    self.client_tx.send(Ok(resp)).await.map_err(|_| Gone)?;
+                }
+                Ok(())
+            }
+            Msg::Progress { probe, rev } => {
+                let Some(round) = &mut self.round else {
+                    return Ok(());
+                };
+                if round.probe != probe {
+                    return Ok(());
+                }
+                round.missing -= 1;
+                round.low = match (round.low, rev) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if round.missing == 0 {
+                    self.finish_round().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks every group feeding this stream for progress, on behalf of
+    /// `requests` client requests.
+    async fn start_round(&mut self, requests: usize) -> Result<(), Gone> {
+        self.probe_seq += 1;
+        let probe = self.probe_seq;
+        let mut asked: Vec<Arc<Group>> = Vec::new();
+        let mut missing = 0;
+        for (g, _) in self.mine.values() {
+            if asked.iter().any(|x| Arc::ptr_eq(x, g)) {
+                continue;
+            }
+            let out = self.out.clone();
+            if g.ctl.send(Ctl::Progress { out, probe }).is_ok() {
+                missing += 1;
+            }
+            asked.push(g.clone());
+        }
+        self.round = Some(Round {
+            probe,
+            asked,
+            missing,
+            low: None,
+            requests,
+        });
+        if missing == 0 {
+            self.finish_round().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_round(&mut self) -> Result<(), Gone> {
+        let round = self.round.take().expect("a round under way");
+        let header = match round.low {
+            Some(rev) => round
+                .asked
+                .first()
+                .and_then(|g| g.state.lock().unwrap().header(rev)),
+            // No watcher left on the stream: the cluster's revision, as a
+            // member answers a stream without watchers.
+            None => match current_revision(&self.proxy).await {
+                Ok(h) => Some(h),
+                Err(s) => {
+                    let _ = self.client_tx.send(Err(Box::new(s))).await;
+                    return Err(Gone);
+                }
+            },
+        };
+        for _ in 0..round.requests {
+            self.send(WatchResponse {
+                header,
+                watch_id: -1,
+                ..Default::default()
+            })
+            .await?;
+        }
+        let later = std::mem::take(&mut self.later);
+        if later > 0 {
+            Box::pin(self.start_round(later)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The cluster's current revision (for a progress request on a stream
