@@ -194,39 +194,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let mut tasks = tokio::task::JoinSet::new();
-    for (l, tls) in tcp {
-        match (tls, &client_tls) {
-            (true, Some(config)) => {
-                tracing::info!(addr = %l.local_addr()?, "serving client requests (TLS)");
-                tasks.spawn(serve::serve_tls(
-                    serve::routes(&api),
-                    l,
-                    config.clone(),
-                    stopped(stop_rx.clone()),
-                ));
-            }
-            _ => {
-                tracing::info!(addr = %l.local_addr()?, "serving client requests");
-                tasks.spawn(serve::serve_tcp(
-                    serve::routes(&api),
-                    l,
-                    stopped(stop_rx.clone()),
-                ));
-            }
-        }
-    }
-    for l in unix {
-        tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");
-        tasks.spawn(serve::serve_unix(
-            serve::routes(&api),
-            l,
-            stopped(stop_rx.clone()),
-        ));
-    }
+    serve::spawn_listeners(
+        &mut tasks,
+        || serve::routes(&api),
+        tcp,
+        client_tls,
+        unix,
+        &stop_rx,
+    )?;
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
     if let Some(every) = cfg.lease_checkpoint_interval {
         tokio::spawn(api::lease::checkpoint_loop(

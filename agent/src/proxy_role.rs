@@ -49,31 +49,8 @@ pub async fn run(
     let routes =
         || serve::service_routes(proxy.clone(), cfg.max_request_bytes as usize, http.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let mut tasks = tokio::task::JoinSet::new();
-    for (l, tls) in tcp {
-        match (tls, &client_tls) {
-            (true, Some(config)) => {
-                tracing::info!(addr = %l.local_addr()?, "serving client requests (TLS)");
-                tasks.spawn(serve::serve_tls(
-                    routes(),
-                    l,
-                    config.clone(),
-                    stopped(stop_rx.clone()),
-                ));
-            }
-            _ => {
-                tracing::info!(addr = %l.local_addr()?, "serving client requests");
-                tasks.spawn(serve::serve_tcp(routes(), l, stopped(stop_rx.clone())));
-            }
-        }
-    }
-    for l in unix {
-        tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");
-        tasks.spawn(serve::serve_unix(routes(), l, stopped(stop_rx.clone())));
-    }
+    serve::spawn_listeners(&mut tasks, routes, tcp, client_tls, unix, &stop_rx)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),

@@ -164,6 +164,44 @@ pub async fn serve_tcp(
         .context("serving the client port")
 }
 
+/// Starts serving `routes()` on every client listener (TLS where the URL was
+/// https) and local socket, each task ending when `stop` turns true. Every
+/// role serves its listeners through this.
+pub fn spawn_listeners(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    routes: impl Fn() -> Routes,
+    tcp: Vec<(TcpListener, bool)>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    unix: Vec<UnixListener>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    for (l, https) in tcp {
+        match (https, &tls) {
+            (true, Some(config)) => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests (TLS)");
+                tasks.spawn(serve_tls(
+                    routes(),
+                    l,
+                    config.clone(),
+                    stopped(stop.clone()),
+                ));
+            }
+            _ => {
+                tracing::info!(addr = %l.local_addr()?, "serving client requests");
+                tasks.spawn(serve_tcp(routes(), l, stopped(stop.clone())));
+            }
+        }
+    }
+    for l in unix {
+        tracing::info!(path = ?l.local_addr()?.as_pathname(), "serving the local socket");
+        tasks.spawn(serve_unix(routes(), l, stopped(stop.clone())));
+    }
+    Ok(())
+}
+
 /// Serves `routes` over TLS: each connection's handshake runs in a task of
 /// its own (bounded by a timeout), so a slow client cannot hold up accepts.
 pub async fn serve_tls(
