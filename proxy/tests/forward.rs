@@ -4,7 +4,6 @@
 //! and endpoint refresh, keep-alive coalescing, and read-cache coherence.
 //!
 //! Needs the cairn binary (`cargo build -p cairn-agent`, or `CAIRN_BIN`).
-use std::future::Future;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::{
@@ -70,22 +69,6 @@ fn status(e: etcd_client::Error) -> tonic::Status {
     match e {
         etcd_client::Error::GRpcStatus(s) => s,
         other => panic!("expected a gRPC status, got {other}"),
-    }
-}
-
-/// Polls `f` until it gives `Some`, failing the test after `EVENTUALLY`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + EVENTUALLY;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -454,7 +437,7 @@ async fn the_proxy_learns_the_members_and_survives_the_loss_of_its_endpoint() {
     let mut cfg = config(vec![c.members[0].client_url()]);
     cfg.refresh_interval = Duration::from_millis(200);
     let (proxy, mut pc) = start_proxy(cfg).await;
-    let eps = eventually("the proxy learns all three members", || {
+    let eps = eventually_in("the proxy learns all three members", || {
         let eps = proxy.upstream().endpoints();
         async move { (eps.len() == 3).then_some(eps) }
     })
@@ -552,7 +535,7 @@ async fn the_read_cache_follows_writes_from_anywhere() {
     let mut cfg = config(vec![subject.endpoint()]);
     cfg.cache_entries = 64;
     let (proxy, mut pc) = start_proxy(cfg).await;
-    eventually("the cache's watch is open", || {
+    eventually_in("the cache's watch is open", || {
         let open = proxy.stats().upstream_watches.load(Relaxed) >= 1
             && proxy.stats().cache_revision.load(Relaxed) > 0;
         async move { open.then_some(()) }
@@ -766,7 +749,7 @@ impl RawKeeper {
 }
 
 async fn wait_for(what: &str, f: impl Fn() -> bool) {
-    eventually(what, || {
+    eventually_in(what, || {
         let done = f();
         async move { done.then_some(()) }
     })
@@ -827,4 +810,12 @@ async fn a_keep_alive_is_answered_only_by_a_renewal_sent_after_it_arrived() {
     fake.release.add_permits(1);
     b.send(7).await;
     assert_eq!(b.answer().await.ttl, 4);
+}
+
+async fn eventually_in<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    cairn_tests::eventually(what, EVENTUALLY, f).await
 }

@@ -7,7 +7,6 @@
 //!
 //! Needs the cairn binary (`cargo build -p cairn-agent`, or `CAIRN_BIN`).
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -82,22 +81,6 @@ fn upstream_gauges(port: u16) -> (f64, f64) {
         metric(port, "etcd_debugging_mvcc_watcher"),
         metric(port, "etcd_debugging_mvcc_watch_stream"),
     )
-}
-
-/// Polls `f` until it gives `Some`, failing the test after `EVENTUALLY`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + EVENTUALLY;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The next response on `s`, failing the test after `EVENTUALLY`.
@@ -283,7 +266,7 @@ async fn identical_watches_share_one_upstream_watcher_and_each_gets_exactly_its_
         }
     }
     assert_eq!(proxy.stats().client_watchers.load(Relaxed), 0);
-    eventually("the upstream watcher is released", || async {
+    eventually_in("the upstream watcher is released", || async {
         (upstream_gauges(port) == before).then_some(())
     })
     .await;
@@ -296,7 +279,7 @@ async fn identical_watches_share_one_upstream_watcher_and_each_gets_exactly_its_
     add_watch(&mut s, "w", None).await;
     assert_eq!(upstream_gauges(port), shared);
     drop(s);
-    eventually("a closed stream's watchers are removed", || async {
+    eventually_in("a closed stream's watchers are removed", || async {
         (upstream_gauges(port) == before && proxy.stats().client_watchers.load(Relaxed) == 0)
             .then_some(())
     })
@@ -824,4 +807,12 @@ fn record(seen: &mut BTreeMap<i64, Vec<(i64, String)>>, r: &WatchResponse) {
         let kv = e.kv().unwrap();
         v.push((kv.mod_revision(), kv.value_str().unwrap().to_string()));
     }
+}
+
+async fn eventually_in<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    cairn_tests::eventually(what, EVENTUALLY, f).await
 }

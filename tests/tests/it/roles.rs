@@ -2,10 +2,10 @@
 //! themselves through the cluster's client URLs and serve reads and watches,
 //! `--max-learners`, staleness in Status and `/metrics`, `--max-stale`, the
 //! local socket on every role, and the proxy.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_tests::cluster::Cluster;
-use cairn_tests::{ETCDCTL_BIN, Kind, http_request, subject_kind};
+use cairn_tests::{ETCDCTL_BIN, Kind, eventually, http_request, subject_kind};
 use etcd_client::{GetOptions, WatchOptions};
 
 fn cairn_only() -> bool {
@@ -53,22 +53,6 @@ fn json_i64(v: &serde_json::Value, k: &str) -> i64 {
         serde_json::Value::Number(n) => n.as_i64().unwrap(),
         serde_json::Value::Null => 0,
         other => panic!("{k}: {other}"),
-    }
-}
-
-/// Retries `f` until it returns Some, failing the test after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
