@@ -4,10 +4,14 @@ use std::sync::Arc;
 
 use crate::server::Server;
 
+pub mod auth;
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod forward;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod status;
 pub mod watch;
@@ -29,27 +33,37 @@ pub type BoxStream<T> =
 impl cairn_proto::service::StreamCalls for Api {
     fn watch_stream(
         &self,
+        meta: tonic::metadata::MetadataMap,
         input: cairn_proto::service::BoxStream<cairn_proto::etcdserverpb::WatchRequest>,
     ) -> cairn_proto::service::BoxStream<cairn_proto::etcdserverpb::WatchResponse> {
-        Api::watch_stream(self, input)
+        Api::watch_stream(self, meta, None, input)
     }
 
     fn keep_alive_once(
         &self,
+        meta: tonic::metadata::MetadataMap,
         req: cairn_proto::etcdserverpb::LeaseKeepAliveRequest,
     ) -> cairn_proto::service::BoxFuture<
         '_,
         Result<cairn_proto::etcdserverpb::LeaseKeepAliveResponse, tonic::Status>,
     > {
-        Box::pin(self.lease_keep_alive_once(req.id))
+        Box::pin(async move {
+            let who = self.caller(&meta, None).await?;
+            self.lease_keep_alive_once(req.id, &who).await
+        })
     }
 
     fn status_now(
         &self,
+        meta: tonic::metadata::MetadataMap,
     ) -> cairn_proto::service::BoxFuture<
         '_,
         Result<cairn_proto::etcdserverpb::StatusResponse, tonic::Status>,
     > {
-        Box::pin(async move { Ok(self.status_response()) })
+        Box::pin(async move {
+            let who = self.caller(&meta, None).await?;
+            self.require_user(&who)?;
+            Ok(self.status_response())
+        })
     }
 }

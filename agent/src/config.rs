@@ -23,12 +23,19 @@ pub struct Config {
     pub max_request_bytes: u64,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
+    /// `--initial-corrupt-check` (etcd 3.4/3.5: `--experimental-initial-corrupt-check`).
+    pub initial_corrupt_check: bool,
+    /// `--corrupt-check-time` (etcd 3.4/3.5: `--experimental-corrupt-check-time`);
+    /// `None`: no periodic check (etcd's default 0s).
+    pub corrupt_check_time: Option<Duration>,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
     pub watch_progress_notify_interval: Duration,
     pub socket: Option<PathBuf>,
     pub log_level: String,
+    /// `--log-format json`: one JSON object per log line.
+    pub log_json: bool,
     pub enable_v2: bool,
     pub peer_tls: crate::peer::tls::PeerTls,
     /// TLS for `https://` client URLs.
@@ -60,6 +67,25 @@ pub struct Config {
     /// Proxy: how often the endpoint list is refreshed from MemberList
     /// (etcd grpc-proxy's `--endpoints-auto-sync-interval`; 0: never).
     pub endpoints_auto_sync_interval: Duration,
+    /// `--auth-token`: `simple` or `jwt,pub-key=...,priv-key=...,sign-method=...`.
+    pub auth_token: String,
+    /// `--auth-token-ttl` (seconds): a simple token's life after its last use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost` for password hashes (4-31, default 10).
+    pub bcrypt_cost: u32,
+    /// `--auto-compaction-mode`/`--auto-compaction-retention` (None: off).
+    pub auto_compaction: Option<crate::compactor::AutoCompaction>,
+    /// `--metrics-prefix-depth` (0: off) and `--metrics-prefix-max`.
+    pub metrics_prefix_depth: usize,
+    pub metrics_prefix_max: usize,
+    /// `--tenant-rate-limit` and `--tenant-quota-bytes`.
+    pub tenant_rates: Vec<crate::tenants::RateRule>,
+    pub tenant_quotas: Vec<crate::tenants::QuotaRule>,
+    /// Bootstrap by discovery (`--discovery <url>`, or `--discovery-token`
+    /// with `--discovery-endpoints`) instead of `--initial-cluster`.
+    pub discovery: Option<cairn_discovery::Method>,
+    /// `--discovery-fallback exit|proxy|learner` (etcd's default: proxy).
+    pub discovery_fallback: cairn_discovery::Fallback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +162,8 @@ const VALUE_FLAGS: &[&str] = &[
     "max-request-bytes",
     "max-txn-ops",
     "quota-backend-bytes",
+    "corrupt-check-time",
+    "experimental-corrupt-check-time",
     "heartbeat-interval",
     "election-timeout",
     "snapshot-count",
@@ -168,6 +196,27 @@ const VALUE_FLAGS: &[&str] = &[
     "namespace",
     "proxy-cache-entries",
     "endpoints-auto-sync-interval",
+    "auth-token",
+    "auth-token-ttl",
+    "log-format",
+    "bcrypt-cost",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "auto-compaction-interval",
+    "auto-compaction-busy-rate",
+    "auto-compaction-max-delay",
+    "metrics-prefix-depth",
+    "metrics-prefix-max",
+    "tenant-rate-limit",
+    "tenant-quota-bytes",
+    "discovery",
+    "discovery-fallback",
+    "discovery-proxy",
+    "discovery-token",
+    "discovery-endpoints",
+    "discovery-srv",
+    "discovery-srv-name",
+    "discovery-srv-nameserver",
 ];
 /// Boolean flags.
 const BOOL_FLAGS: &[&str] = &[
@@ -179,6 +228,8 @@ const BOOL_FLAGS: &[&str] = &[
     "client-cert-auth",
     "auto-tls",
     "strict-reconfig-check",
+    "initial-corrupt-check",
+    "experimental-initial-corrupt-check",
     "experimental-enable-lease-checkpoint",
 ];
 
@@ -327,6 +378,13 @@ impl Config {
                 0 => 2 << 30,
                 q => q,
             },
+            initial_corrupt_check: boolean(s, "initial-corrupt-check", false)?
+                || boolean(s, "experimental-initial-corrupt-check", false)?,
+            corrupt_check_time: match duration("corrupt-check-time")? {
+                Some(d) => Some(d),
+                None => duration("experimental-corrupt-check-time")?,
+            }
+            .filter(|d| !d.is_zero()),
             heartbeat_interval_ms: num(s, "heartbeat-interval", 100)?,
             election_timeout_ms: num(s, "election-timeout", 1000)?,
             snapshot_count: num(s, "snapshot-count", 10_000)?,
@@ -429,12 +487,87 @@ impl Config {
                     )
                 })?,
             },
+            log_json: match get("log-format").unwrap_or("text") {
+                "json" => true,
+                "text" | "console" => false,
+                v => return Err(invalid("--log-format", v, "must be text (console) or json")),
+            },
+            auth_token: {
+                let spec = get("auth-token").unwrap_or("simple");
+                crate::auth::parse_token_kind(spec)
+                    .map_err(|e| invalid("--auth-token", spec, &e))?;
+                spec.to_string()
+            },
+            auth_token_ttl: Duration::from_secs(num(s, "auth-token-ttl", 300)?),
+            bcrypt_cost: match num(s, "bcrypt-cost", crate::auth::DEFAULT_BCRYPT_COST as u64)? {
+                c @ 4..=31 => c as u32,
+                c => {
+                    return Err(invalid(
+                        "--bcrypt-cost",
+                        &c.to_string(),
+                        "must be between 4 and 31",
+                    ));
+                }
+            },
+            tenant_rates: {
+                let v = get("tenant-rate-limit").unwrap_or("");
+                crate::tenants::parse_rates(v).map_err(|e| invalid("--tenant-rate-limit", v, &e))?
+            },
+            tenant_quotas: {
+                let v = get("tenant-quota-bytes").unwrap_or("");
+                crate::tenants::parse_quotas(v)
+                    .map_err(|e| invalid("--tenant-quota-bytes", v, &e))?
+            },
+            metrics_prefix_depth: num(s, "metrics-prefix-depth", 1)? as usize,
+            metrics_prefix_max: num(s, "metrics-prefix-max", 256)? as usize,
+            auto_compaction: {
+                let mode = get("auto-compaction-mode").unwrap_or("periodic");
+                let retention = get("auto-compaction-retention").unwrap_or("0");
+                let busy = get("auto-compaction-busy-rate").unwrap_or("1000");
+                let busy_rate: f64 =
+                    busy.parse()
+                        .ok()
+                        .filter(|r: &f64| *r >= 0.0)
+                        .ok_or_else(|| {
+                            invalid(
+                                "--auto-compaction-busy-rate",
+                                busy,
+                                "not a number of requests/s",
+                            )
+                        })?;
+                let max_delay =
+                    duration("auto-compaction-max-delay")?.unwrap_or(Duration::from_secs(600));
+                crate::compactor::AutoCompaction::parse(
+                    mode,
+                    retention,
+                    duration("auto-compaction-interval")?,
+                    busy_rate,
+                    max_delay,
+                )
+                .map_err(|e| {
+                    invalid(
+                        "--auto-compaction-mode/--auto-compaction-retention",
+                        &format!("{mode} {retention}"),
+                        &e,
+                    )
+                })?
+            },
+            discovery: discovery(s)?,
+            discovery_fallback: {
+                let v = get("discovery-fallback").unwrap_or("proxy");
+                v.parse()
+                    .map_err(|why: String| invalid("--discovery-fallback", v, &why))?
+            },
             data_dir,
             name,
         })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.discovery.is_some() {
+            // The cluster and the endpoints come from the discovery service.
+            return self.validate_common();
+        }
         if self.role != Role::Voter && self.endpoints.is_empty() {
             return Err(invalid(
                 "--endpoints",
@@ -587,6 +720,11 @@ fn num(s: &HashMap<String, String>, k: &str, default: u64) -> Result<u64, Config
     }
 }
 
+/// `--initial-cluster` as `name=url,...` (also for `cairn snapshot restore`).
+pub fn parse_initial_cluster(v: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    cluster(v)
+}
+
 fn cluster(v: &str) -> Result<Vec<(String, String)>, ConfigError> {
     list(v)
         .into_iter()
@@ -639,6 +777,10 @@ fn listen_urls(flag: &str, v: &str) -> Result<Vec<ListenUrl>, ConfigError> {
 }
 
 /// Go's duration syntax: "10m", "500ms", "1h30m", "2s".
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    go_duration(v)
+}
+
 fn go_duration(v: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = v.trim();
@@ -769,6 +911,72 @@ fn read_config_file(path: &str) -> Result<HashMap<String, String>, ConfigError> 
         out.insert(k, s);
     }
     Ok(out)
+}
+
+/// `--discovery` or `--discovery-token`: at most one bootstrap.
+fn discovery(s: &HashMap<String, String>) -> Result<Option<cairn_discovery::Method>, ConfigError> {
+    let get = |k: &str| s.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    if let Some(p) = get("discovery-proxy") {
+        return Err(invalid(
+            "--discovery-proxy",
+            p,
+            "an HTTP proxy for the discovery service is not supported",
+        ));
+    }
+    let given = ["discovery", "discovery-token", "discovery-srv"]
+        .iter()
+        .filter(|k| get(k).is_some())
+        .count();
+    if given > 1 {
+        return Err(invalid(
+            "--discovery",
+            get("discovery").unwrap_or(""),
+            "choose one of --discovery (v2), --discovery-token (v3) or --discovery-srv",
+        ));
+    }
+    let method = match (get("discovery"), get("discovery-token")) {
+        (Some(u), _) => cairn_discovery::Method::Url(u.to_string()),
+        (None, None) if get("discovery-srv").is_some() => {
+            let nameserver = match get("discovery-srv-nameserver") {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| {
+                    invalid(
+                        "--discovery-srv-nameserver",
+                        v,
+                        "expected ip:port, like 127.0.0.1:53",
+                    )
+                })?),
+            };
+            cairn_discovery::Method::Srv(cairn_discovery::srv::Srv {
+                domain: get("discovery-srv").unwrap_or("").to_string(),
+                service_name: get("discovery-srv-name").unwrap_or("").to_string(),
+                nameserver,
+            })
+        }
+        (None, Some(t)) => {
+            let endpoints = list(get("discovery-endpoints").unwrap_or(""));
+            if endpoints.is_empty() {
+                return Err(invalid(
+                    "--discovery-endpoints",
+                    "",
+                    "--discovery-token needs the discovery cluster's client URLs",
+                ));
+            }
+            cairn_discovery::Method::V3 {
+                token: t.to_string(),
+                endpoints,
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    if s.contains_key("initial-cluster") {
+        return Err(invalid(
+            "--initial-cluster",
+            s.get("initial-cluster").map(String::as_str).unwrap_or(""),
+            "multiple discovery or bootstrap flags are set: choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"",
+        ));
+    }
+    Ok(Some(method))
 }
 
 fn help() -> String {

@@ -29,14 +29,22 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .route(
             "/v3/cluster/member/demote",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                unary(body, |r: pb::MemberRemoveRequest| async move {
-                    api.member_demote_req(r.id).await
-                })
-                .await
-            }),
+            post(
+                |State(api): State<Api>, headers: axum::http::HeaderMap, body: Bytes| async move {
+                    unary(body, |r: pb::MemberRemoveRequest| async move {
+                        let who = api.caller(&metadata(&headers), None).await?;
+                        api.check_admin(&who)?;
+                        api.member_demote_req(r.id).await
+                    })
+                    .await
+                },
+            ),
         )
         .with_state(api.clone())
+        .merge(cairn_discovery::v2::router(
+            api.clone(),
+            api.settings.enable_v2,
+        ))
         .merge(gateway(api))
 }
 
@@ -49,21 +57,30 @@ where
         + pb::lease_server::Lease
         + pb::maintenance_server::Maintenance
         + pb::cluster_server::Cluster
+        + pb::auth_server::Auth
+        + cairn_proto::v3lockpb::lock_server::Lock
+        + cairn_proto::v3electionpb::election_server::Election
         + StreamCalls,
 {
+    use cairn_proto::v3electionpb::election_server::Election;
+    use cairn_proto::v3lockpb::lock_server::Lock;
+    use pb::auth_server::Auth;
     use pb::cluster_server::Cluster;
     use pb::kv_server::Kv;
     use pb::lease_server::Lease;
+    use pb::maintenance_server::Maintenance;
     macro_rules! rpc {
         ($t:ident :: $m:ident) => {
-            post(|State(s): State<S>, body: Bytes| async move {
-                unary(body, |r| async move {
-                    $t::$m(&s, tonic::Request::new(r))
-                        .await
-                        .map(tonic::Response::into_inner)
-                })
-                .await
-            })
+            post(
+                |State(s): State<S>, headers: axum::http::HeaderMap, body: Bytes| async move {
+                    unary(body, |r| async move {
+                        let mut req = tonic::Request::new(r);
+                        *req.metadata_mut() = metadata(&headers);
+                        $t::$m(&s, req).await.map(tonic::Response::into_inner)
+                    })
+                    .await
+                },
+            )
         };
     }
     Router::new()
@@ -81,29 +98,59 @@ where
         .route("/v3/kv/lease/leases", rpc!(Lease::lease_leases))
         .route(
             "/v3/lease/keepalive",
-            post(|State(s): State<S>, body: Bytes| async move {
-                streamed_once(body, |r: pb::LeaseKeepAliveRequest| async move {
-                    s.keep_alive_once(r).await
-                })
-                .await
-            }),
+            post(
+                |State(s): State<S>, headers: axum::http::HeaderMap, body: Bytes| async move {
+                    streamed_once(body, |r: pb::LeaseKeepAliveRequest| async move {
+                        s.keep_alive_once(metadata(&headers), r).await
+                    })
+                    .await
+                },
+            ),
         )
+        .route("/v3/maintenance/alarm", rpc!(Maintenance::alarm))
+        .route("/v3/maintenance/defragment", rpc!(Maintenance::defragment))
+        .route("/v3/maintenance/hashkv", rpc!(Maintenance::hash_kv))
         .route(
             "/v3/maintenance/status",
-            post(|State(s): State<S>, body: Bytes| async move {
-                unary(
-                    body,
-                    |_r: pb::StatusRequest| async move { s.status_now().await },
-                )
-                .await
-            }),
+            post(
+                |State(s): State<S>, headers: axum::http::HeaderMap, body: Bytes| async move {
+                    unary(body, |_r: pb::StatusRequest| async move {
+                        s.status_now(metadata(&headers)).await
+                    })
+                    .await
+                },
+            ),
         )
         .route("/v3/cluster/member/list", rpc!(Cluster::member_list))
         .route("/v3/cluster/member/add", rpc!(Cluster::member_add))
         .route("/v3/cluster/member/remove", rpc!(Cluster::member_remove))
         .route("/v3/cluster/member/update", rpc!(Cluster::member_update))
         .route("/v3/cluster/member/promote", rpc!(Cluster::member_promote))
+        .route("/v3/auth/enable", rpc!(Auth::auth_enable))
+        .route("/v3/auth/disable", rpc!(Auth::auth_disable))
+        .route("/v3/auth/status", rpc!(Auth::auth_status))
+        .route("/v3/auth/authenticate", rpc!(Auth::authenticate))
+        .route("/v3/auth/user/add", rpc!(Auth::user_add))
+        .route("/v3/auth/user/get", rpc!(Auth::user_get))
+        .route("/v3/auth/user/list", rpc!(Auth::user_list))
+        .route("/v3/auth/user/delete", rpc!(Auth::user_delete))
+        .route("/v3/auth/user/changepw", rpc!(Auth::user_change_password))
+        .route("/v3/auth/user/grant", rpc!(Auth::user_grant_role))
+        .route("/v3/auth/user/revoke", rpc!(Auth::user_revoke_role))
+        .route("/v3/auth/role/add", rpc!(Auth::role_add))
+        .route("/v3/auth/role/get", rpc!(Auth::role_get))
+        .route("/v3/auth/role/list", rpc!(Auth::role_list))
+        .route("/v3/auth/role/delete", rpc!(Auth::role_delete))
+        .route("/v3/auth/role/grant", rpc!(Auth::role_grant_permission))
+        .route("/v3/auth/role/revoke", rpc!(Auth::role_revoke_permission))
         .route("/v3/watch", post(watch::<S>))
+        .route("/v3/lock/lock", rpc!(Lock::lock))
+        .route("/v3/lock/unlock", rpc!(Lock::unlock))
+        .route("/v3/election/campaign", rpc!(Election::campaign))
+        .route("/v3/election/proclaim", rpc!(Election::proclaim))
+        .route("/v3/election/leader", rpc!(Election::leader))
+        .route("/v3/election/resign", rpc!(Election::resign))
+        .route("/v3/election/observe", post(observe::<S>))
         .with_state(svc)
 }
 
@@ -112,7 +159,11 @@ async fn health(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let serializable = q.get("serializable").is_some_and(|v| v == "true");
-    let reason = if !api.has_leader() {
+    // etcd reports the first raised alarm unless `?exclude=` names its type.
+    let alarm = crate::alarms::health_alarm(&api.mvcc.alarms(), q.get("exclude"));
+    let reason = if let Some(a) = alarm.as_deref() {
+        Some(a)
+    } else if !api.has_leader() {
         Some("RAFT NO LEADER")
     } else if !serializable {
         // etcd checks that a linearizable read goes through.
@@ -171,12 +222,30 @@ async fn metrics(State(api): State<Api>) -> Response {
     let behind = api.behind();
     m.behind_revisions.set(behind.revisions);
     m.behind_ms.set(behind.ms as i64);
-    let mut resp = m.encode().into_response();
+    let mut text = m.encode();
+    // Before OpenMetrics' closing "# EOF".
+    let at = text.rfind("# EOF").unwrap_or(text.len());
+    text.insert_str(at, &api.prefix_stats.render());
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// The gRPC metadata grpc-gateway would pass on: the `Authorization`
+/// header (a token from `/v3/auth/authenticate`, optionally `Bearer `).
+pub fn metadata(headers: &axum::http::HeaderMap) -> tonic::metadata::MetadataMap {
+    let mut md = tonic::metadata::MetadataMap::new();
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        md.insert("authorization", v);
+    }
+    md
 }
 
 #[allow(clippy::result_large_err)] // the error is the finished HTTP reply
@@ -229,7 +298,11 @@ where
 /// `POST /v3/watch` with one WatchRequest: the events stream back as
 /// newline-delimited `{"result": WatchResponse}` objects until the client
 /// hangs up, as grpc-gateway streams them.
-async fn watch<S: StreamCalls>(State(svc): State<S>, body: Bytes) -> Response {
+async fn watch<S: StreamCalls>(
+    State(svc): State<S>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let req = match parse::<pb::WatchRequest>(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -238,7 +311,34 @@ async fn watch<S: StreamCalls>(State(svc): State<S>, body: Bytes) -> Response {
         return error_response(&Status::invalid_argument("expected a create_request"));
     }
     let input = futures::stream::iter([Ok(req)]).chain(futures::stream::pending());
-    let responses = svc.watch_stream(Box::pin(input));
+    let responses = svc.watch_stream(metadata(&headers), Box::pin(input));
+    json_lines(responses)
+}
+
+/// `POST /v3/election/observe`: the leader and its proclamations stream
+/// back as `{"result": LeaderResponse}` lines until the client hangs up.
+async fn observe<S: cairn_proto::v3electionpb::election_server::Election>(
+    State(svc): State<S>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req = match parse::<cairn_proto::v3electionpb::LeaderRequest>(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut req = tonic::Request::new(req);
+    *req.metadata_mut() = metadata(&headers);
+    match svc.observe(req).await {
+        Ok(stream) => json_lines(stream.into_inner()),
+        Err(s) => error_response(&s),
+    }
+}
+
+/// A stream of answers as newline-delimited `{"result": ...}` objects (an
+/// error as grpc-gateway's error object), as grpc-gateway streams them.
+fn json_lines<T: Serialize + Send + 'static>(
+    responses: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
+) -> Response {
     let lines = responses.map(|r| {
         let v = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),
@@ -266,7 +366,9 @@ pub fn error_response(s: &Status) -> Response {
     let http = match s.code() {
         Ok => StatusCode::OK,
         Cancelled => StatusCode::REQUEST_TIMEOUT,
-        InvalidArgument | FailedPrecondition | OutOfRange => StatusCode::BAD_REQUEST,
+        InvalidArgument | OutOfRange => StatusCode::BAD_REQUEST,
+        // grpc-gateway v1 (etcd's): 412, as etcd 3.4 answers.
+        FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         NotFound => StatusCode::NOT_FOUND,
         AlreadyExists | Aborted => StatusCode::CONFLICT,

@@ -27,9 +27,12 @@ pub const WATCH_EVENTS_PER_RESPONSE: usize = 1000;
 pub const RANGE_STREAM_CHUNK_KEYS: i64 = 1000;
 /// Bytes per Snapshot chunk (etcd sends 32 KiB).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
-/// Versions removed per physical-compaction step, so that compaction never
-/// holds the store for long.
-pub const COMPACTION_STEP: usize = 10_000;
+/// Versions looked at per physical-compaction step, so that compaction
+/// never holds the store for long (a step's deletes are one batch).
+pub const COMPACTION_STEP: usize = 1_000;
+/// Shortest pause between physical-compaction steps (each pause is at
+/// least as long as the step before it).
+pub const COMPACTION_MIN_PAUSE: std::time::Duration = std::time::Duration::from_micros(200);
 /// Lease revocations proposed per expiry pass (etcd: 1000/s).
 pub const LEASE_REVOKES_PER_PASS: usize = 500;
 /// Leases per checkpoint entry (etcd: maxLeaseCheckpointBatchSize).

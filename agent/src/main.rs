@@ -16,7 +16,17 @@ use cairn_agent::{api, serve};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        return cairn_agent::snapshot_cli::main(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("top") {
+        return cairn_agent::top::main(&args[2..]);
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
+    if std::env::args().nth(1).as_deref() == Some("discovery") {
+        return cairn_agent::discovery_cli::main(std::env::args().skip(2).collect());
+    }
     let cfg = match Config::from_args_env(std::env::args(), &env) {
         Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Version) => {
@@ -40,7 +50,7 @@ fn main() -> ExitCode {
         eprintln!("cairn: {e}");
         return ExitCode::from(2);
     }
-    init_tracing(&cfg.log_level);
+    init_tracing(&cfg.log_level, cfg.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,16 +71,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+/// Logs on stderr: text, or one JSON object per line with
+/// `--log-format json` (etcd 3.5's flag) for log shippers.
+fn init_tracing(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// The discovery bootstrap the configuration asks for, if any.
+fn bootstrap(cfg: &Config) -> Option<cairn_discovery::Bootstrap> {
+    let method = cfg.discovery.clone()?;
+    Some(cairn_discovery::Bootstrap {
+        method,
+        requested: match cfg.role {
+            Role::Voter => cairn_discovery::Requested::Voter,
+            Role::Learner => cairn_discovery::Requested::Learner,
+            Role::Proxy => cairn_discovery::Requested::Proxy,
+        },
+        fallback: cfg.discovery_fallback,
+        name: cfg.name.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+        retry: cairn_discovery::Retry::default(),
+        initial_cluster_token: cfg.initial_cluster_token.clone(),
+    })
+}
+
+async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // Bind everything before touching the data directory, so that an
     // unusable port fails fast and leaves nothing behind.
     let mut tcp = Vec::new();
@@ -116,6 +151,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
 
     if cfg.role == Role::Proxy {
+        if let Some(b) = bootstrap(&cfg).filter(|_| cfg.endpoints.is_empty()) {
+            match b.run("").await? {
+                cairn_discovery::Decision::Proxy { endpoints } => cfg.endpoints = endpoints,
+                other => anyhow::bail!("discovery: unexpected decision for a proxy: {other:?}"),
+            }
+        }
         return cairn_agent::proxy_role::run(cfg, tcp, client_tls, unix).await;
     }
 
@@ -175,8 +216,31 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         } else {
             Vec::new()
         },
+        auth_token: cfg.auth_token.clone(),
+        auth_token_ttl: cfg.auth_token_ttl,
+        bcrypt_cost: cfg.bcrypt_cost,
+        quota_bytes: cfg.quota_backend_bytes,
+        prefix_depth: cfg.metrics_prefix_depth,
+        prefix_max: cfg.metrics_prefix_max,
+        tenant_rates: cfg.tenant_rates.clone(),
+        tenant_quotas: cfg.tenant_quotas.clone(),
+        enable_v2: cfg.enable_v2,
+        discovery: bootstrap(&cfg),
     };
-    let server = Server::start(settings, peers.clone()).await?;
+    let server = match Server::start(settings, peers.clone()).await {
+        Ok(s) => s,
+        Err(cairn_agent::server::StartError::FallbackProxy(endpoints)) => {
+            tracing::warn!(
+                endpoints = %endpoints.join(","),
+                "discovery: cluster is full; running as a proxy (--discovery-fallback proxy)"
+            );
+            peers.close();
+            cfg.role = Role::Proxy;
+            cfg.endpoints = endpoints;
+            return cairn_agent::proxy_role::run(cfg, tcp, client_tls, unix).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     let api = Api(server.clone());
     peers.attach(
         server.node.clone(),
@@ -185,6 +249,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(peers.clone().serve());
     tracing::info!(addr = %peers.local_addr()?, "serving peers (QUIC)");
+    if cfg.initial_corrupt_check {
+        // As etcd: before serving any client, a member whose data differs
+        // from its peers' refuses to start.
+        cairn_agent::alarms::initial_check(&api)
+            .await
+            .map_err(|e| anyhow::anyhow!("initial corruption check: {e}"))?;
+    }
     tracing::info!(
         name = %server.identity.name,
         member_id = format_args!("{:x}", server.identity.member_id),
@@ -204,8 +275,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         &stop_rx,
     )?;
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
+    if let Some(auto) = cfg.auto_compaction.clone() {
+        tokio::spawn(cairn_agent::compactor::run(
+            api.clone(),
+            auto,
+            stop_rx.clone(),
+        ));
+    }
     if let Some(every) = cfg.lease_checkpoint_interval {
         tokio::spawn(api::lease::checkpoint_loop(
+            api.clone(),
+            every,
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(every) = cfg.corrupt_check_time {
+        tokio::spawn(cairn_agent::alarms::periodic_check_loop(
             api.clone(),
             every,
             stop_rx.clone(),

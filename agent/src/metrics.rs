@@ -17,6 +17,7 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     pub applied: Counter,
     pub db_size: Gauge,
+    pub quota_bytes: Gauge,
     pub current_revision: Gauge,
     pub compact_revision: Gauge,
     pub watch_streams: Gauge,
@@ -27,6 +28,8 @@ pub struct Metrics {
     pub is_learner: Gauge,
     pub behind_revisions: Gauge,
     pub behind_ms: Gauge,
+    pub compactions_postponed: Counter,
+    pub wal_fsync: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Metrics {
@@ -40,6 +43,23 @@ impl Metrics {
             }};
         }
         Metrics {
+            wal_fsync: reg!(
+                "etcd_disk_wal_fsync_duration_seconds",
+                "The latency distributions of fsync called by WAL.",
+                prometheus_client::metrics::histogram::Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14)
+                )
+            ),
+            compactions_postponed: reg!(
+                "cairn_auto_compaction_postponed",
+                "Times a due automatic compaction was put off because the member was busy (adaptive mode).",
+                Counter::default()
+            ),
+            quota_bytes: reg!(
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes.",
+                Gauge::default()
+            ),
             is_learner: reg!(
                 "etcd_server_is_learner",
                 "Whether or not this member is a learner. 1 if is, 0 otherwise.",

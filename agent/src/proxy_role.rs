@@ -45,7 +45,7 @@ pub async fn run(
         namespace = %cfg.namespace,
         "cairn started as a proxy"
     );
-    let http = router(proxy.clone());
+    let http = router(proxy.clone(), cfg.enable_v2);
     let routes =
         || serve::service_routes(proxy.clone(), cfg.max_request_bytes as usize, http.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -67,7 +67,7 @@ pub async fn run(
     result
 }
 
-fn router(proxy: Proxy) -> Router {
+fn router(proxy: Proxy, enable_v2: bool) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/readyz", get(health))
@@ -75,6 +75,7 @@ fn router(proxy: Proxy) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(proxy.clone())
+        .merge(cairn_discovery::v2::router(proxy.clone(), enable_v2))
         .merge(crate::http::gateway(proxy))
 }
 

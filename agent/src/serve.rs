@@ -10,9 +10,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use cairn_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
@@ -30,7 +32,7 @@ pub fn routes(api: &Api) -> Routes {
     )
 }
 
-/// The five etcd services of any role (a member's `Api`, the proxy) with
+/// The etcd services of any role (a member's `Api`, the proxy) with
 /// the role's plain-HTTP routes behind them.
 pub fn service_routes<S>(svc: S, max_request_bytes: usize, http: axum::Router) -> Routes
 where
@@ -39,6 +41,9 @@ where
         + cairn_proto::etcdserverpb::lease_server::Lease
         + cairn_proto::etcdserverpb::maintenance_server::Maintenance
         + cairn_proto::etcdserverpb::cluster_server::Cluster
+        + cairn_proto::etcdserverpb::auth_server::Auth
+        + cairn_proto::v3lockpb::lock_server::Lock
+        + cairn_proto::v3electionpb::election_server::Election
         + Clone,
 {
     let max_recv = max_request_bytes + limits::GRPC_OVERHEAD_BYTES;
@@ -55,7 +60,10 @@ where
         .add_service(svc!(WatchServer))
         .add_service(svc!(LeaseServer))
         .add_service(svc!(MaintenanceServer))
-        .add_service(svc!(ClusterServer));
+        .add_service(svc!(ClusterServer))
+        .add_service(svc!(AuthServer))
+        .add_service(svc!(LockServer))
+        .add_service(svc!(ElectionServer));
     Routes::from(
         routes
             .into_axum_router()
@@ -234,9 +242,10 @@ pub async fn serve_tls(
                     .await
                 {
                     Ok(Ok(tls)) => {
+                        let cert_name = client_cert_name(&tls);
                         let _ = tx
                             .send(Ok::<_, std::io::Error>(AuthorityRewriter::new(TlsConn(
-                                tls,
+                                tls, cert_name,
                             ))))
                             .await;
                     }
@@ -253,15 +262,40 @@ pub async fn serve_tls(
         .context("serving the client port (TLS)")
 }
 
-/// A TLS connection as tonic's server takes it.
-struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+/// A TLS connection as tonic's server takes it, with the name its
+/// verified client certificate gives.
+struct TlsConn(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Option<crate::auth::ClientCertName>,
+);
+
+/// What tonic puts in each request's extensions for a TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    pub cert_name: Option<crate::auth::ClientCertName>,
+}
 
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = TlsConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
+        TlsConnectInfo {
+            tcp: self.0.get_ref().0.connect_info(),
+            cert_name: self.1.clone(),
+        }
     }
+}
+
+/// The common name of the client's certificate (verified by the handshake
+/// against `--trusted-ca-file`; only asked for with `--client-cert-auth`).
+fn client_cert_name(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Option<crate::auth::ClientCertName> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(crate::auth::ClientCertName(cn.to_string()))
 }
 
 impl tokio::io::AsyncRead for TlsConn {

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_mvcc::auth::{Access, AuthInfo};
 use cairn_mvcc::lease::Lessor;
 use cairn_mvcc::{Applied, Mvcc};
 use cairn_proto::cairnpb::{Command, Member, PeerRequest, command::Op, peer_request};
@@ -51,6 +52,67 @@ pub struct NodeSettings {
     /// A learner that has no data yet adds itself to the cluster through
     /// these client URLs (`--role learner --endpoints ...`).
     pub add_self_via: Vec<String>,
+    /// `--auth-token` (validated by the config).
+    pub auth_token: String,
+    /// `--auth-token-ttl`.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
+    /// `--quota-backend-bytes` (0: etcd's default, 2 GiB).
+    pub quota_bytes: u64,
+    /// `--metrics-prefix-depth` (0: off) and `--metrics-prefix-max`.
+    pub prefix_depth: usize,
+    pub prefix_max: usize,
+    /// `--tenant-rate-limit`, `--tenant-quota-bytes`.
+    pub tenant_rates: Vec<crate::tenants::RateRule>,
+    pub tenant_quotas: Vec<crate::tenants::QuotaRule>,
+    /// `--enable-v2`: serve the v2 keys API (emulated on the v3 store).
+    pub enable_v2: bool,
+    /// Bootstrap by discovery when the data directory is new.
+    pub discovery: Option<cairn_discovery::Bootstrap>,
+}
+
+impl NodeSettings {
+    /// What `cairn snapshot restore` needs to make a new cluster's first
+    /// member records and log entries (the rest is not used).
+    pub fn for_restore(
+        name: &str,
+        data_dir: &std::path::Path,
+        peer_urls: Vec<String>,
+        cluster_token: String,
+        initial_cluster: Vec<(String, String)>,
+    ) -> NodeSettings {
+        NodeSettings {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            peer_urls,
+            client_urls: Vec::new(),
+            cluster_token,
+            max_request_bytes: 0,
+            max_txn_ops: 0,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            snapshot_count: 0,
+            progress_notify_interval: Duration::ZERO,
+            initial_cluster,
+            join_existing: false,
+            strict_reconfig_check: true,
+            lease_checkpoint_interval: None,
+            max_stale: None,
+            max_learners: 0,
+            add_self_via: Vec::new(),
+            auth_token: "simple".into(),
+            auth_token_ttl: Duration::ZERO,
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
+            quota_bytes: 0,
+            prefix_depth: 0,
+            prefix_max: 0,
+            tenant_rates: Vec::new(),
+            tenant_quotas: Vec::new(),
+            enable_v2: false,
+            discovery: None,
+        }
+    }
 }
 
 /// The etcd API version cairn speaks; reported by Status and /version.
@@ -72,6 +134,14 @@ pub struct Server {
     pub physically_compacted: watch::Receiver<i64>,
     /// How far this member is behind the leader.
     pub staleness: crate::staleness::Staleness,
+    /// Auth tokens this member accepts.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// The MVCC tables' space quota (NOSPACE).
+    pub quota: Arc<crate::alarms::Quota>,
+    /// Requests, bytes and keys by key prefix.
+    pub prefix_stats: Arc<crate::prefix_stats::PrefixStats>,
+    /// Tenant rate limits and space quotas.
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 /// Monotonic milliseconds since the process started: the only clock the
@@ -97,6 +167,11 @@ pub enum StartError {
     Identity { dir: String, msg: String },
     #[error("{0}")]
     Join(String),
+    #[error("{0}")]
+    Config(String),
+    /// Discovery found the cluster full and the fallback is the proxy role.
+    #[error("discovery: cluster is full; falling back to proxy")]
+    FallbackProxy(Vec<String>),
     #[error(
         "this member ({0:x}) was removed from the cluster; to bring this host back, \
          `etcdctl member add` it again and start it on an empty --data-dir with \
@@ -126,7 +201,13 @@ impl Server {
         // Where the other members are: the records this member keeps, else
         // the initial cluster, else what the running cluster told a joiner.
         let mut known = mvcc.members().map_err(cairn_mvcc::MvccError::from)?;
-        let (identity, bootstrap) = match load_identity(&db, &settings)? {
+        let stored = load_identity(&db, &settings)?;
+        if stored.is_none()
+            && let Some(d) = settings.discovery.clone()
+        {
+            discover(&mut settings, &d).await?;
+        }
+        let (identity, bootstrap) = match stored {
             Some(id) => (id, Vec::new()),
             None if settings.join_existing || !settings.add_self_via.is_empty() => {
                 if !settings.add_self_via.is_empty() {
@@ -164,8 +245,29 @@ impl Server {
         let (compact_tx, compact_rx) = watch::channel(mvcc.compact_revision());
         let (pending_tx, pending_rx) = watch::channel(mvcc.compact_revision());
         spawn_compactor(mvcc.clone(), pending_rx, compact_tx);
+        let quota = Arc::new(crate::alarms::Quota::new(settings.quota_bytes));
+        metrics.quota_bytes.set(quota.bytes() as i64);
+        let (nospace_tx, nospace_rx) = tokio::sync::mpsc::unbounded_channel();
 
+        let tokens = Arc::new(crate::auth::Tokens::new(
+            crate::auth::parse_token_kind(&settings.auth_token).map_err(StartError::Config)?,
+            settings.auth_token_ttl,
+            settings.bcrypt_cost,
+        ));
+        let tenants = Arc::new(crate::tenants::Tenants::new(
+            settings.tenant_rates.clone(),
+            settings.tenant_quotas.clone(),
+        ));
+        let prefix_stats = Arc::new(crate::prefix_stats::PrefixStats::new(
+            settings.prefix_depth,
+            settings.prefix_max,
+            tenants.quota_prefixes(),
+        ));
         let applier = Applier {
+            prefix_stats: prefix_stats.clone(),
+            tokens: tokens.clone(),
+            quota: quota.clone(),
+            nospace: nospace_tx,
             mvcc: mvcc.clone(),
             hub: hub.clone(),
             lessor: lessor.clone(),
@@ -186,6 +288,10 @@ impl Server {
                     max_pending_proposals: limits::MAX_PENDING_PROPOSALS,
                     snapshot_count: settings.snapshot_count,
                     bootstrap,
+                    on_sync: Some(cairn_raft::SyncObserver({
+                        let m = metrics.clone();
+                        Arc::new(move |d: Duration| m.wal_fsync.observe(d.as_secs_f64()))
+                    })),
                 },
                 log,
                 applier,
@@ -195,7 +301,7 @@ impl Server {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let min_lease_ttl =
             cairn_mvcc::lease::min_lease_ttl(settings.election_ms, settings.heartbeat_ms);
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             settings,
             identity,
             db,
@@ -209,7 +315,44 @@ impl Server {
             min_lease_ttl,
             physically_compacted: compact_rx,
             staleness: crate::staleness::Staleness::new(),
-        }))
+            tokens,
+            quota,
+            prefix_stats,
+            tenants,
+        });
+        if server.prefix_stats.tracking() {
+            let s = server.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = s.prefix_stats.initial_scan(
+                    || s.mvcc.current_revision(),
+                    |rev, from| {
+                        let page = s
+                            .mvcc
+                            .range(&RangeRequest {
+                                key: from.to_vec(),
+                                range_end: vec![0],
+                                revision: rev,
+                                limit: 10_000,
+                                ..Default::default()
+                            })
+                            .map_err(|e| e.to_string())?;
+                        Ok(page
+                            .kvs
+                            .into_iter()
+                            .map(|kv| (kv.key, kv.value.len()))
+                            .collect())
+                    },
+                );
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "counting stored bytes by prefix failed");
+                }
+            });
+        }
+        tokio::spawn(crate::alarms::nospace_loop(
+            Arc::downgrade(&server),
+            nospace_rx,
+        ));
+        Ok(server)
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
@@ -230,9 +373,23 @@ impl Server {
         *header = Some(self.header(rev));
     }
 
-    /// Replicates one command and returns what applying it produced.
+    /// Replicates one command the server makes on its own behalf (lease
+    /// expiry, membership records, checkpoints): permissions do not apply.
     pub async fn propose(&self, op: Op) -> Result<Applied, Status> {
-        let bytes = Command { op: Some(op) }.encode_to_vec();
+        self.propose_as(op, &AuthInfo::internal()).await
+    }
+
+    /// Replicates one client command and returns what applying it produced.
+    /// With auth on, the applier checks `who`'s permissions at the entry's
+    /// place in the log.
+    pub async fn propose_as(&self, op: Op, who: &AuthInfo) -> Result<Applied, Status> {
+        self.check_quota(&op).await?;
+        let bytes = Command {
+            op: Some(op),
+            username: who.user.clone(),
+            auth_revision: who.revision,
+        }
+        .encode_to_vec();
         // etcd refuses a request whose log entry would exceed the limit.
         if bytes.len() > self.settings.max_request_bytes {
             return Err(status::request_too_large());
@@ -265,9 +422,45 @@ impl Server {
             self.linearizable_barrier().await?;
         }
         self.metrics.range_total.inc();
+        self.prefix_stats.request(&req.key);
         let mut resp = self.mvcc.range(req).map_err(status::mvcc)?;
         self.fill(&mut resp.header);
         Ok(resp)
+    }
+
+    /// Range as `who`: READ permission on the range first; a read during
+    /// which the auth store changed is refused as etcd's `doSerialize`
+    /// does ("revision of auth store is old"), and the client retries.
+    pub async fn range_as(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+    ) -> Result<RangeResponse, Status> {
+        let auth = self.mvcc.auth();
+        if !auth.enabled {
+            return self.range(req).await;
+        }
+        auth.check(who, &req.key, &req.range_end, Access::Read)
+            .map_err(status::auth)?;
+        let resp = self.range(req).await?;
+        if who.revision != 0 && who.revision != self.mvcc.auth().revision {
+            return Err(status::auth(cairn_mvcc::auth::AuthError::AuthOldRevision));
+        }
+        Ok(resp)
+    }
+
+    /// etcd's `IsAdminPermitted` for `who`.
+    pub fn check_admin(&self, who: &AuthInfo) -> Result<(), Status> {
+        self.mvcc.auth().check_admin(who).map_err(status::auth)
+    }
+
+    /// etcd's `requireAuthInfo` (Status, alarm list): with auth on, the
+    /// caller must be someone.
+    pub fn require_user(&self, who: &AuthInfo) -> Result<(), Status> {
+        if self.mvcc.auth().enabled && who.user.is_empty() {
+            return Err(status::auth(cairn_mvcc::auth::AuthError::UserEmpty));
+        }
+        Ok(())
     }
 
     /// How far behind the leader this member is now.
@@ -290,6 +483,38 @@ impl Server {
     pub fn has_leader(&self) -> bool {
         self.node.status().leader_id != 0
     }
+}
+
+/// Asks the discovery service who the cluster is and turns the decision
+/// into the settings of a new member (or a learner, or the proxy fallback).
+async fn discover(s: &mut NodeSettings, d: &cairn_discovery::Bootstrap) -> Result<(), StartError> {
+    use cairn_discovery::Decision;
+    let token = d.cluster_token();
+    let id = identity::member_id(&s.peer_urls, &token);
+    match d
+        .run(&format!("{id:x}"))
+        .await
+        .map_err(|e| StartError::Join(e.to_string()))?
+    {
+        Decision::Voter { initial_cluster } => {
+            // This member's URLs as the others know them (a DNS SRV record
+            // may name it by a host its advertised URL resolves to).
+            let mine: Vec<String> = initial_cluster
+                .iter()
+                .filter(|(n, _)| n == &s.name)
+                .map(|(_, u)| u.clone())
+                .collect();
+            if !mine.is_empty() {
+                s.peer_urls = mine;
+            }
+            s.initial_cluster = initial_cluster;
+            s.cluster_token = token;
+        }
+        Decision::Learner { endpoints } => s.add_self_via = endpoints,
+        Decision::Proxy { endpoints } => return Err(StartError::FallbackProxy(endpoints)),
+        Decision::Exit(msg) => return Err(StartError::Join(msg)),
+    }
+    Ok(())
 }
 
 fn load_identity(db: &Db, s: &NodeSettings) -> Result<Option<Identity>, StartError> {
@@ -363,7 +588,7 @@ pub fn initial_members(initial: &[(String, String)], token: &str) -> Vec<Member>
 
 /// A new cluster from `--initial-cluster`: every initial member derives the
 /// same IDs and the same first log entries.
-fn new_cluster(db: &Db, s: &NodeSettings) -> Result<(Identity, Vec<ConfChange>), StartError> {
+pub fn new_cluster(db: &Db, s: &NodeSettings) -> Result<(Identity, Vec<ConfChange>), StartError> {
     let members = initial_members(&s.initial_cluster, &s.cluster_token);
     let member_id = identity::member_id(&s.peer_urls, &s.cluster_token);
     let cluster_id = identity::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
@@ -709,9 +934,16 @@ fn spawn_compactor(
                     let target = *pending.borrow_and_update();
                     if target > *done.borrow() {
                         loop {
+                            let step = Instant::now();
                             match mvcc.compact_physical(limits::COMPACTION_STEP) {
                                 Ok(true) => break,
-                                Ok(false) => std::thread::yield_now(),
+                                // Out of the traffic's way: short steps (a
+                                // write waits behind one small batch at
+                                // most) and a pause as long as the step,
+                                // so compaction takes at most half a core.
+                                Ok(false) => std::thread::sleep(
+                                    step.elapsed().max(limits::COMPACTION_MIN_PAUSE),
+                                ),
                                 Err(e) => {
                                     tracing::error!(error = %e, "physical compaction failed");
                                     return;
@@ -733,6 +965,8 @@ fn spawn_compactor(
 /// hands their side effects (events, lease deadlines, compaction) to the
 /// runtime.
 struct Applier {
+    prefix_stats: Arc<crate::prefix_stats::PrefixStats>,
+    tokens: Arc<crate::auth::Tokens>,
     mvcc: Arc<Mvcc<FjallBackend>>,
     hub: Arc<WatchHub>,
     lessor: Arc<Mutex<Lessor>>,
@@ -741,6 +975,9 @@ struct Applier {
     metrics: Arc<Metrics>,
     peers: Arc<Peers>,
     db: Db,
+    quota: Arc<crate::alarms::Quota>,
+    /// Asks the runtime to raise NOSPACE.
+    nospace: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 impl Applier {
@@ -786,6 +1023,7 @@ impl StateMachine for Applier {
         };
         self.metrics.applied.inc();
         if !applied.events.is_empty() {
+            self.prefix_stats.applied(applied.revision, &applied.events);
             let events = std::mem::take(&mut applied.events);
             self.hub.publish(applied.revision, events);
         }
@@ -811,6 +1049,25 @@ impl StateMachine for Applier {
         if matches!(cmd.op, Some(Op::MemberPeerUrls(_))) {
             self.refresh_peers();
         }
+        if let Ok(cairn_mvcc::Response::Auth(a)) = &applied.result {
+            if let Some((user, token)) = &a.issued {
+                self.tokens.issued(user.clone(), token.clone());
+            }
+            if let Some(user) = &a.invalidate_user {
+                self.tokens.invalidate_user(user);
+            }
+            if a.disabled {
+                self.tokens.clear();
+            }
+        }
+        if applied.result.is_ok()
+            && let Some(op) = &cmd.op
+            && self
+                .quota
+                .exceeded_after_apply(self.mvcc.backend(), op, &self.mvcc.alarms())
+        {
+            let _ = self.nospace.send(());
+        }
         applied
     }
 
@@ -828,7 +1085,11 @@ impl StateMachine for Applier {
                 Op::MemberSet(m)
             }
         };
-        let applied = match self.mvcc.apply(index, &Command { op: Some(op) }) {
+        let cmd = Command {
+            op: Some(op),
+            ..Default::default()
+        };
+        let applied = match self.mvcc.apply(index, &cmd) {
             Ok(a) => a,
             Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),
         };

@@ -42,6 +42,25 @@ fn connection_failed(s: &Status) -> bool {
         || s.message().contains("h2 protocol error")
 }
 
+/// The auth token a client's request carries (etcd clients send gRPC
+/// metadata `token`; the JSON gateway `authorization`), passed on upstream
+/// so that the cluster decides permissions for the real client.
+pub fn token_of(md: &tonic::metadata::MetadataMap) -> Option<tonic::metadata::AsciiMetadataValue> {
+    md.get("token").or_else(|| md.get("authorization")).cloned()
+}
+
+/// `msg` as an upstream request carrying the client's token.
+pub(crate) fn with_token<T>(
+    msg: T,
+    token: &Option<tonic::metadata::AsciiMetadataValue>,
+) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.clone());
+    }
+    r
+}
+
 impl Inner {
     /// Forwards one unary (or stream-opening) call made by `f` on an
     /// endpoint's channel.
@@ -51,9 +70,28 @@ impl Inner {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.config.request_timeout;
+        self.call_until(idempotent, Some(deadline), f).await
+    }
+
+    /// [`Inner::call`] with its own deadline; `None` for calls that wait
+    /// as long as the client does (Lock, Campaign).
+    pub(crate) async fn call_until<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        deadline: Option<Instant>,
+        f: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut last = Status::unavailable("no cluster endpoint answers");
         for (picked, channel) in self.upstream.candidates() {
-            match tokio::time::timeout_at(deadline, f(channel)).await {
+            let answer = match deadline {
+                Some(d) => tokio::time::timeout_at(d, f(channel)).await,
+                None => Ok(f(channel).await),
+            };
+            match answer {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
                     let unsent = not_sent(&s);
@@ -93,11 +131,12 @@ impl Inner {
 /// proxy's view of the cluster's revision.
 macro_rules! forward {
     ($self:ident, $r:ident, $client:ident, $method:ident, $idempotent:expr) => {{
+        let token = $crate::forward::token_of($r.metadata());
         let req = $r.into_inner();
         let resp = $self
             .0
             .call($idempotent, |c| {
-                let req = req.clone();
+                let req = $crate::forward::with_token(req.clone(), &token);
                 async move { $client::new(c).$method(req).await }
             })
             .await?;

@@ -8,6 +8,7 @@ use cairn_proto::mvccpb::KeyValue;
 use tonic::{Request, Response, Status};
 
 use crate::Proxy;
+use crate::forward::{token_of, with_token};
 use crate::namespace::Namespace;
 
 /// What a member says of an empty key. With a namespace, the prefix would
@@ -100,11 +101,16 @@ fn txn_writes(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for Proxy {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let token = token_of(r.metadata());
         let mut req = r.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
-        if let Some(hit) = self.0.cache.get(&req) {
+        // The cache answers only anonymous reads, and only while the
+        // cluster has auth off: a member decides who may read what.
+        let cacheable =
+            token.is_none() && self.0.auth_off.load(std::sync::atomic::Ordering::Relaxed);
+        if cacheable && let Some(hit) = self.0.cache.get(&req) {
             return Ok(Response::new(hit));
         }
         let asked = req.clone();
@@ -112,13 +118,15 @@ impl Kv for Proxy {
         let mut resp = self
             .0
             .call(true, |c| {
-                let req = req.clone();
+                let req = with_token(req.clone(), &token);
                 async move { KvClient::new(c).range(req).await }
             })
             .await?;
         self.0.saw(&resp.header);
         kvs_out(&self.0.ns, &mut resp.kvs);
-        self.0.cache.put(&asked, &resp);
+        if cacheable {
+            self.0.cache.put(&asked, &resp);
+        }
         Ok(Response::new(resp))
     }
 
@@ -128,6 +136,7 @@ impl Kv for Proxy {
         &self,
         r: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let token = token_of(r.metadata());
         let mut req = r.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
@@ -137,7 +146,7 @@ impl Kv for Proxy {
         let stream = self
             .0
             .call(true, |c| {
-                let req = req.clone();
+                let req = with_token(req.clone(), &token);
                 async move { KvClient::new(c).range_stream(req).await }
             })
             .await?;
@@ -153,6 +162,7 @@ impl Kv for Proxy {
     }
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let token = token_of(r.metadata());
         let mut req = r.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
@@ -162,7 +172,7 @@ impl Kv for Proxy {
         let mut resp = self
             .0
             .call(false, |c| {
-                let req = req.clone();
+                let req = with_token(req.clone(), &token);
                 async move { KvClient::new(c).put(req).await }
             })
             .await?;
@@ -178,6 +188,7 @@ impl Kv for Proxy {
         &self,
         r: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let token = token_of(r.metadata());
         let mut req = r.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
@@ -188,7 +199,7 @@ impl Kv for Proxy {
         let mut resp = self
             .0
             .call(false, |c| {
-                let req = req.clone();
+                let req = with_token(req.clone(), &token);
                 async move { KvClient::new(c).delete_range(req).await }
             })
             .await?;
@@ -199,6 +210,7 @@ impl Kv for Proxy {
     }
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let token = token_of(r.metadata());
         let mut req = r.into_inner();
         if !txn_keys_given(&req) {
             return Err(empty_key());
@@ -208,7 +220,7 @@ impl Kv for Proxy {
         let mut resp = self
             .0
             .call(!writes, |c| {
-                let req = req.clone();
+                let req = with_token(req.clone(), &token);
                 async move { KvClient::new(c).txn(req).await }
             })
             .await?;
@@ -225,13 +237,14 @@ impl Kv for Proxy {
         &self,
         r: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let token = token_of(r.metadata());
         let req = r.into_inner();
         let resp = self
             .0
-            .call(
-                false,
-                |c| async move { KvClient::new(c).compact(req).await },
-            )
+            .call(false, |c| {
+                let req = with_token(req, &token);
+                async move { KvClient::new(c).compact(req).await }
+            })
             .await?;
         self.0.saw(&resp.header);
         Ok(Response::new(resp))

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::forward::forward;
+use crate::forward::{forward, token_of, with_token};
 use crate::upstream::{Picked, Upstream};
 use crate::{BoxStream, Proxy, ProxyConfig, Stats};
 
@@ -247,6 +247,59 @@ impl Coalescer {
     }
 }
 
+impl Proxy {
+    /// A keep-alive stream forwarded as is with the client's token (not
+    /// coalesced: the members check each renewal against its caller).
+    pub(crate) fn keep_alive_as(
+        &self,
+        token: tonic::metadata::AsciiMetadataValue,
+        input: BoxStream<LeaseKeepAliveRequest>,
+    ) -> futures::future::BoxFuture<'static, Result<BoxStream<LeaseKeepAliveResponse>, Status>>
+    {
+        let (picked, channel) = self.0.upstream.pick();
+        let upstream = self.0.upstream.clone();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(async move {
+            let mut input = input;
+            while let Some(Ok(r)) = input.next().await {
+                if tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let req = with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &Some(token),
+        );
+        Box::pin(async move {
+            match LeaseClient::new(channel).lease_keep_alive(req).await {
+                Ok(resp) => Ok(Box::pin(resp.into_inner()) as BoxStream<_>),
+                Err(e) => {
+                    upstream.failed(&picked);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// One renewal as the client (the JSON gateway's keep-alive).
+    pub fn keep_alive_once_as(
+        &self,
+        token: tonic::metadata::AsciiMetadataValue,
+        id: i64,
+    ) -> futures::future::BoxFuture<'static, Result<LeaseKeepAliveResponse, Status>> {
+        let input = futures::stream::iter([Ok(LeaseKeepAliveRequest { id })]);
+        let open = self.keep_alive_as(token, Box::pin(input));
+        Box::pin(async move {
+            let mut answers = open.await?;
+            answers
+                .next()
+                .await
+                .unwrap_or_else(|| Err(Status::unavailable("keep-alive stream ended")))
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Lease for Proxy {
     async fn lease_grant(
@@ -275,7 +328,15 @@ impl Lease for Proxy {
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let token = token_of(r.metadata());
         let input = r.into_inner().map(|r| r);
+        if let Some(token) = token {
+            // With auth, renewals are the client's: its own upstream stream.
+            return self
+                .keep_alive_as(token, Box::pin(input))
+                .await
+                .map(Response::new);
+        }
         Ok(Response::new(self.keep_alive_stream(Box::pin(input))))
     }
 
@@ -283,11 +344,13 @@ impl Lease for Proxy {
         &self,
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let token = token_of(r.metadata());
         let req = r.into_inner();
         let mut resp = self
             .0
-            .call(true, |c| async move {
-                LeaseClient::new(c).lease_time_to_live(req).await
+            .call(true, |c| {
+                let req = with_token(req, &token);
+                async move { LeaseClient::new(c).lease_time_to_live(req).await }
             })
             .await?;
         self.0.saw(&resp.header);

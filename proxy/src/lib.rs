@@ -7,8 +7,8 @@
 //! cache kept coherent by a watch (`cache.rs`), and an optional key prefix
 //! confines every client to a namespace (`namespace.rs`).
 //!
-//! [`Proxy`] implements the five tonic service traits of
-//! `cairn_proto::etcdserverpb`; the agent serves them on its listeners and
+//! [`Proxy`] implements the tonic service traits of
+//! `cairn_proto::etcdserverpb`, `v3lockpb` and `v3electionpb`; the agent serves them on its listeners and
 //! its local socket exactly as it serves a member's own services.
 #![forbid(unsafe_code)]
 
@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
+mod auth;
 mod cache;
 mod cluster;
+mod concurrency;
 mod forward;
 mod kv;
 mod lease;
@@ -77,6 +79,10 @@ pub(crate) struct Inner {
     pub(crate) cache: cache::Cache,
     pub(crate) leases: lease::Leases,
     pub(crate) watches: watch::Watches,
+    /// The cluster answered AuthStatus "disabled" within the last probe
+    /// period: only then may anonymous reads be answered from the cache
+    /// (with auth on, the members decide every read).
+    pub(crate) auth_off: std::sync::atomic::AtomicBool,
 }
 
 /// Counters the agent exposes in `/metrics` and `Status` for the proxy
@@ -122,8 +128,10 @@ impl Proxy {
             cache,
             leases,
             watches,
+            auth_off: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(cluster::refresh_loop(Arc::downgrade(&inner), refresh));
+        tokio::spawn(auth::probe_loop(Arc::downgrade(&inner)));
         Ok(Proxy(inner))
     }
 
@@ -159,27 +167,33 @@ impl Proxy {
 impl cairn_proto::service::StreamCalls for Proxy {
     fn watch_stream(
         &self,
+        meta: tonic::metadata::MetadataMap,
         input: BoxStream<cairn_proto::etcdserverpb::WatchRequest>,
     ) -> BoxStream<cairn_proto::etcdserverpb::WatchResponse> {
-        Proxy::watch_stream(self, input)
+        Proxy::watch_stream(self, crate::forward::token_of(&meta), input)
     }
 
     fn keep_alive_once(
         &self,
+        meta: tonic::metadata::MetadataMap,
         req: cairn_proto::etcdserverpb::LeaseKeepAliveRequest,
     ) -> cairn_proto::service::BoxFuture<
         '_,
         Result<cairn_proto::etcdserverpb::LeaseKeepAliveResponse, tonic::Status>,
     > {
-        Box::pin(self.0.leases.keep_alive(req.id))
+        match crate::forward::token_of(&meta) {
+            Some(token) => self.keep_alive_once_as(token, req.id),
+            None => Box::pin(self.0.leases.keep_alive(req.id)),
+        }
     }
 
     fn status_now(
         &self,
+        meta: tonic::metadata::MetadataMap,
     ) -> cairn_proto::service::BoxFuture<
         '_,
         Result<cairn_proto::etcdserverpb::StatusResponse, tonic::Status>,
     > {
-        Box::pin(Proxy::status_now(self))
+        Box::pin(Proxy::status_now(self, crate::forward::token_of(&meta)))
     }
 }

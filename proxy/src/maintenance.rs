@@ -10,15 +10,19 @@ use cairn_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use crate::Proxy;
-use crate::forward::forward;
+use crate::forward::{forward, token_of, with_token};
 
 impl Proxy {
     /// Status of the member the proxy talks to, as the proxy reports it.
-    pub async fn status_now(&self) -> Result<StatusResponse, Status> {
+    pub async fn status_now(
+        &self,
+        token: Option<tonic::metadata::AsciiMetadataValue>,
+    ) -> Result<StatusResponse, Status> {
         let mut resp = self
             .0
-            .call(true, |c| async move {
-                MaintenanceClient::new(c).status(StatusRequest {}).await
+            .call(true, |c| {
+                let req = with_token(StatusRequest {}, &token);
+                async move { MaintenanceClient::new(c).status(req).await }
             })
             .await?;
         self.0.saw(&resp.header);
@@ -37,8 +41,10 @@ impl Maintenance for Proxy {
         forward!(self, r, MaintenanceClient, alarm, idempotent)
     }
 
-    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.status_now().await?))
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(
+            self.status_now(token_of(r.metadata())).await?,
+        ))
     }
 
     async fn defragment(
@@ -62,11 +68,13 @@ impl Maintenance for Proxy {
         &self,
         r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let token = token_of(r.metadata());
         let req = r.into_inner();
         let stream = self
             .0
-            .call(true, |c| async move {
-                MaintenanceClient::new(c).snapshot(req).await
+            .call(true, |c| {
+                let req = with_token(req, &token);
+                async move { MaintenanceClient::new(c).snapshot(req).await }
             })
             .await?;
         Ok(Response::new(Box::pin(stream)))

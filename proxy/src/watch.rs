@@ -82,6 +82,10 @@ pub(crate) struct Watches {
 
 struct Group {
     key: GroupKey,
+    /// The token of the client that opened the group: with auth on, the
+    /// upstream watch is created as that client (every other subscriber's
+    /// permission was checked before it joined).
+    token: Option<tonic::metadata::AsciiMetadataValue>,
     state: Mutex<GroupState>,
     ctl: mpsc::UnboundedSender<Ctl>,
 }
@@ -262,7 +266,13 @@ impl Watches {
 
     /// Adds a subscriber to the group for `c` (creating it), and returns
     /// the group and the subscriber's id in it.
-    fn join(&self, c: &WatchCreateRequest, watch_id: i64, out: Arc<Outbox>) -> (Arc<Group>, u64) {
+    fn join(
+        &self,
+        c: &WatchCreateRequest,
+        watch_id: i64,
+        out: Arc<Outbox>,
+        token: Option<tonic::metadata::AsciiMetadataValue>,
+    ) -> (Arc<Group>, u64) {
         let key = self.ns.key(&c.key);
         let end = self.ns.range_end(&c.range_end);
         let unique = if c.start_revision > 0 {
@@ -297,6 +307,7 @@ impl Watches {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let g = Arc::new(Group {
             key: gk.clone(),
+            token,
             state: Mutex::new(GroupState {
                 subs: HashMap::from([(sub_id, sub)]),
                 rev: c.start_revision.saturating_sub(1).max(0),
@@ -376,7 +387,10 @@ async fn run_group(
         // large; refusing it would wedge the group in a reconnect loop.
         let mut answers = match WatchClient::new(channel)
             .max_decoding_message_size(usize::MAX)
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .watch(crate::forward::with_token(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &g.token,
+            ))
             .await
         {
             Ok(r) => r.into_inner(),
@@ -584,6 +598,8 @@ struct Round {
 }
 
 struct ClientStream {
+    /// The client's auth token: its watchers are checked with it.
+    token: Option<tonic::metadata::AsciiMetadataValue>,
     proxy: Proxy,
     out: Arc<Outbox>,
     client_tx: mpsc::Sender<Result<Box<WatchResponse>, Box<Status>>>,
@@ -598,11 +614,16 @@ struct ClientStream {
 
 impl Proxy {
     /// A client's Watch stream fed by `input`.
-    pub fn watch_stream(&self, input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse> {
+    pub fn watch_stream(
+        &self,
+        token: Option<tonic::metadata::AsciiMetadataValue>,
+        input: BoxStream<WatchRequest>,
+    ) -> BoxStream<WatchResponse> {
         // Boxed items keep an idle stream's channel blocks small.
         let (client_tx, client_rx) = mpsc::channel(STREAM_SEND_QUEUE);
         let (out, msgs) = Outbox::new();
         let stream = ClientStream {
+            token,
             proxy: self.clone(),
             out,
             client_tx,
@@ -695,10 +716,12 @@ impl ClientStream {
             }
             self.next_id
         };
-        let refuse = if self.mine.contains_key(&id) {
-            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        let refuse = if let Some(denied) = self.permission(&c).await {
+            Some(denied)
+        } else if self.mine.contains_key(&id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
         } else if self.mine.len() >= MAX_WATCHERS_PER_STREAM {
-            Some("cairn: too many watchers on this stream")
+            Some("cairn: too many watchers on this stream".to_string())
         } else {
             None
         };
@@ -709,7 +732,7 @@ impl ClientStream {
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: reason.into(),
+                    cancel_reason: reason,
                     ..Default::default()
                 })
                 .await;
@@ -717,7 +740,11 @@ impl ClientStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
-        let (g, sub) = self.proxy.0.watches.join(&c, id, self.out.clone());
+        let (g, sub) = self
+            .proxy
+            .0
+            .watches
+            .join(&c, id, self.out.clone(), self.token.clone());
         // A progress round under way covers this watcher too: its group
         // answers after its created response and the events that follow.
         if let Some(round) = &mut self.round
@@ -737,6 +764,49 @@ impl ClientStream {
         }
         self.mine.insert(id, (g, sub));
         Ok(())
+    }
+
+    /// With a token, the client may watch only what it may read: a
+    /// one-key serializable Range of the watched range with its token
+    /// (as etcd's grpc-proxy checks), refused as a member refuses.
+    async fn permission(&self, c: &WatchCreateRequest) -> Option<String> {
+        let token = self.token.clone()?;
+        let ns = &self.proxy.0.ns;
+        let probe = RangeRequest {
+            key: ns.key(&c.key),
+            range_end: ns.range_end(&c.range_end),
+            limit: 1,
+            keys_only: true,
+            serializable: true,
+            ..Default::default()
+        };
+        let token = Some(token);
+        match self
+            .proxy
+            .0
+            .call(true, |ch| {
+                let req = crate::forward::with_token(probe.clone(), &token);
+                async move { KvClient::new(ch).range(req).await }
+            })
+            .await
+        {
+            Ok(_) => None,
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Some(format!(
+                    "rpc error: code = {:?} desc = {}",
+                    s.code(),
+                    s.message()
+                ))
+            }
+            Err(_) => None,
+        }
     }
 
     fn is_mine(&self, watch_id: i64, sub: u64) -> bool {
@@ -870,7 +940,8 @@ impl Watch for Proxy {
         &self,
         r: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let token = crate::forward::token_of(r.metadata());
         let input = r.into_inner().map(|r| r);
-        Ok(Response::new(self.watch_stream(Box::pin(input))))
+        Ok(Response::new(self.watch_stream(token, Box::pin(input))))
     }
 }

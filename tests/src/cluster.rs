@@ -222,7 +222,7 @@ impl Cluster {
     }
 
     /// Runs the server binary as member `i` with `args`, output to its log.
-    fn launch(&mut self, i: usize, args: Vec<String>) {
+    pub fn launch(&mut self, i: usize, args: Vec<String>) {
         let bin = self.bin.clone().unwrap_or_else(|| bin_for(self.kind));
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} already runs", m.name);
@@ -309,6 +309,9 @@ impl Cluster {
             };
             match tokio::time::timeout(Duration::from_secs(3), c.get("ready-probe", None)).await {
                 Ok(Ok(_)) => return,
+                // With auth on, an anonymous read is refused: the member is
+                // up and deciding.
+                Ok(Err(e)) if e.to_string().contains("user name is empty") => return,
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
             }

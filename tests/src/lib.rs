@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod cluster;
+pub mod dns;
 pub mod relay;
+pub mod v2;
 
 /// Where Debian installs the reference server and client.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -84,9 +86,20 @@ pub fn bin_for(kind: Kind) -> PathBuf {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// A port no other test of this process was given: a member killed and
+/// restarted on its ports must find them free (the OS hands recently
+/// freed ports out again, and tests run side by side).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The flags of a single-member cluster named `n1`, identical for etcd and cairn.
@@ -470,14 +483,29 @@ pub fn http_request(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
+    http_request_with(addr, method, path, body, &[])
+}
+
+/// [`http_request`] with extra request headers.
+pub fn http_request_with(
+    addr: (&str, u16),
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         addr.1,
         body.len()
     );
@@ -561,7 +589,7 @@ pub fn http_stream(
     parse(&raw).unwrap_or((0, String::new()))
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+pub(crate) fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..eol]).to_string();

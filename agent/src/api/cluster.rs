@@ -16,6 +16,7 @@ use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::{Api, status};
+use crate::auth::caller_of;
 
 fn to_etcd(m: cairnpb::Member) -> Member {
     Member {
@@ -330,12 +331,14 @@ impl Cluster for Api {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.check_admin(&caller_of(self, &r).await?)?;
         self.member_add_req(r.into_inner()).await.map(Response::new)
     }
     async fn member_remove(
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.check_admin(&caller_of(self, &r).await?)?;
         self.member_remove_req(r.into_inner().id)
             .await
             .map(Response::new)
@@ -344,6 +347,7 @@ impl Cluster for Api {
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.check_admin(&caller_of(self, &r).await?)?;
         self.member_update_req(r.into_inner())
             .await
             .map(Response::new)
@@ -361,6 +365,7 @@ impl Cluster for Api {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.check_admin(&caller_of(self, &r).await?)?;
         let id = r.into_inner().id;
         let resp = self.on_leader(Req::MemberPromote(id)).await?;
         let mut out = resp.member_promote.unwrap_or_default();

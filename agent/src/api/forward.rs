@@ -50,7 +50,7 @@ impl Api {
 
     /// Answers a request from another member.
     async fn answer(&self, req: Req) -> PeerResponse {
-        let leader_only = !matches!(req, Req::JoinInfo(_));
+        let leader_only = !matches!(req, Req::JoinInfo(_) | Req::HashKv(_));
         if leader_only && !self.is_leader() {
             return failed(Status::unavailable("etcdserver: leader changed"));
         }
@@ -92,6 +92,19 @@ impl Api {
                 member_remove: Some(r),
                 ..Default::default()
             }),
+            // The corruption checks: this member's hash at a revision,
+            // with its current revision in the header.
+            Req::HashKv(rev) => self.mvcc.hash_kv(rev).map_err(status::mvcc).map(
+                |(hash, compact_revision, hash_revision)| PeerResponse {
+                    hash_kv: Some(cairn_proto::etcdserverpb::HashKvResponse {
+                        header: Some(self.header(self.mvcc.current_revision())),
+                        hash,
+                        compact_revision,
+                        hash_revision,
+                    }),
+                    ..Default::default()
+                },
+            ),
             // The revision and the applied index are read together: a
             // member holding this index holds this revision.
             Req::Progress(_) => {

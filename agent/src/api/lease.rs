@@ -22,7 +22,9 @@ use rand::Rng;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use super::{Api, BoxStream, status};
+use crate::auth::caller_of;
 use crate::limits;
+use cairn_mvcc::auth::{Access, AuthError, AuthInfo};
 
 // === impl Api ===
 
@@ -30,6 +32,7 @@ impl Api {
     pub async fn lease_grant(
         &self,
         mut req: LeaseGrantRequest,
+        who: &AuthInfo,
     ) -> Result<LeaseGrantResponse, Status> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(status::mvcc(MvccError::LeaseTtlTooLarge));
@@ -40,7 +43,7 @@ impl Api {
             req.id = self.fresh_lease_id()?;
         }
         match self
-            .propose(Op::LeaseGrant(req))
+            .propose_as(Op::LeaseGrant(req), who)
             .await?
             .result
             .map_err(status::mvcc)?
@@ -74,9 +77,10 @@ impl Api {
     pub async fn lease_revoke(
         &self,
         req: LeaseRevokeRequest,
+        who: &AuthInfo,
     ) -> Result<LeaseRevokeResponse, Status> {
         match self
-            .propose(Op::LeaseRevoke(req))
+            .propose_as(Op::LeaseRevoke(req), who)
             .await?
             .result
             .map_err(status::mvcc)?
@@ -96,7 +100,9 @@ impl Api {
     pub async fn lease_time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
+        who: &AuthInfo,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
+        self.lease_keys_permitted(who, &[req.id], Access::Read)?;
         let resp = self.on_leader(Req::LeaseTimeToLive(req)).await?;
         let mut r = resp.lease_time_to_live.unwrap_or_default();
         r.header = Some(self.header(self.mvcc.current_revision()));
@@ -143,9 +149,11 @@ impl Api {
         })
     }
 
-    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, Status> {
+    pub async fn lease_leases(&self, who: &AuthInfo) -> Result<LeaseLeasesResponse, Status> {
         self.linearizable_barrier().await?;
         let leases = self.mvcc.leases().map_err(|e| status::mvcc(e.into()))?;
+        let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+        self.lease_keys_permitted(who, &ids, Access::Read)?;
         Ok(LeaseLeasesResponse {
             header: Some(self.header(self.mvcc.current_revision())),
             leases: leases
@@ -155,8 +163,44 @@ impl Api {
         })
     }
 
+    /// etcd's `checkLeaseRenew`/`checkLeaseTimeToLive`/`checkLeaseLeases`:
+    /// with auth on, an admin may; anyone else needs `access` on every key
+    /// the leases hold.
+    fn lease_keys_permitted(
+        &self,
+        who: &AuthInfo,
+        ids: &[i64],
+        access: Access,
+    ) -> Result<(), Status> {
+        let auth = self.mvcc.auth();
+        if !auth.enabled {
+            return Ok(());
+        }
+        if who.user.is_empty() {
+            return Err(status::auth(AuthError::UserEmpty));
+        }
+        if auth.check_admin(who).is_ok() {
+            return Ok(());
+        }
+        for &id in ids {
+            for key in self
+                .mvcc
+                .lease_keys(id)
+                .map_err(|e| status::mvcc(e.into()))?
+            {
+                auth.check(who, &key, &[], access).map_err(status::auth)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Renewals move the leader's deadlines; other members pass them on.
-    pub async fn lease_keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    pub async fn lease_keep_alive_once(
+        &self,
+        id: i64,
+        who: &AuthInfo,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        self.lease_keys_permitted(who, &[id], Access::Write)?;
         let resp = self.on_leader(Req::LeaseKeepAlive(id)).await?;
         let mut r = resp.lease_keep_alive.unwrap_or_default();
         r.id = id;
@@ -201,7 +245,8 @@ impl Lease for Api {
         &self,
         r: Request<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
-        Api::lease_grant(self, r.into_inner())
+        let who = caller_of(self, &r).await?;
+        Api::lease_grant(self, r.into_inner(), &who)
             .await
             .map(GrpcResponse::new)
     }
@@ -210,7 +255,8 @@ impl Lease for Api {
         &self,
         r: Request<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
-        Api::lease_revoke(self, r.into_inner())
+        let who = caller_of(self, &r).await?;
+        Api::lease_revoke(self, r.into_inner(), &who)
             .await
             .map(GrpcResponse::new)
     }
@@ -221,12 +267,19 @@ impl Lease for Api {
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        let meta = r.metadata().clone();
+        let cert = crate::auth::cert_name(r.extensions());
         let mut input = r.into_inner();
         let api = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(limits::STREAM_SEND_QUEUE);
         tokio::spawn(async move {
             while let Some(Ok(req)) = input.next().await {
-                let resp = api.lease_keep_alive_once(req.id).await;
+                // Each renewal as the stream's caller now (a token may
+                // expire while the stream lives).
+                let resp = match api.caller(&meta, cert.as_ref()).await {
+                    Ok(who) => api.lease_keep_alive_once(req.id, &who).await,
+                    Err(e) => Err(e),
+                };
                 if tx.send(resp).await.is_err() {
                     break;
                 }
@@ -241,16 +294,18 @@ impl Lease for Api {
         &self,
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
-        Api::lease_time_to_live(self, r.into_inner())
+        let who = caller_of(self, &r).await?;
+        Api::lease_time_to_live(self, r.into_inner(), &who)
             .await
             .map(GrpcResponse::new)
     }
 
     async fn lease_leases(
         &self,
-        _r: Request<LeaseLeasesRequest>,
+        r: Request<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
-        Api::lease_leases(self).await.map(GrpcResponse::new)
+        let who = caller_of(self, &r).await?;
+        Api::lease_leases(self, &who).await.map(GrpcResponse::new)
     }
 }
 
@@ -333,7 +388,10 @@ pub async fn expiry_loop(api: Api, mut shutdown: tokio::sync::watch::Receiver<bo
             let api = api.clone();
             let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                match api.lease_revoke(LeaseRevokeRequest { id }).await {
+                match api
+                    .lease_revoke(LeaseRevokeRequest { id }, &AuthInfo::internal())
+                    .await
+                {
                     Ok(_) => {
                         api.metrics.leases_expired.inc();
                         tracing::debug!(lease = id, "lease expired");

@@ -1,6 +1,7 @@
 //! The one place where cairn's errors become the gRPC status codes and
 //! messages etcd clients know (etcd's `api/v3rpc/rpctypes/error.go`).
 use cairn_mvcc::MvccError;
+use cairn_mvcc::auth::AuthError;
 use cairn_raft::ProposeError;
 use tonic::{Code, Status};
 
@@ -33,6 +34,12 @@ pub fn mvcc(e: MvccError) -> Status {
         LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
         InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
+        Auth(e) => return auth(e),
+        NoSpace => (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+        Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
         Backend(e) => {
             tracing::error!(error = %e, "storage failure");
             return Status::internal(format!("etcdserver: {e}"));
@@ -40,6 +47,21 @@ pub fn mvcc(e: MvccError) -> Status {
         other => return Status::unknown(format!("etcdserver: {other}")),
     };
     Status::new(code, msg)
+}
+
+/// etcd's auth errors (`ErrGRPCUserEmpty`, `ErrGRPCPermissionDenied`, ...).
+pub fn auth(e: AuthError) -> Status {
+    use AuthError::*;
+    let code = match e {
+        UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+        | AuthOldRevision => Code::InvalidArgument,
+        PermissionDenied => Code::PermissionDenied,
+        InvalidAuthToken => Code::Unauthenticated,
+        RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+        | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+        | AuthNotEnabled => Code::FailedPrecondition,
+    };
+    Status::new(code, format!("etcdserver: {e}"))
 }
 
 pub fn propose(e: ProposeError) -> Status {
@@ -56,6 +78,29 @@ pub fn propose(e: ProposeError) -> Status {
 
 pub fn request_too_large() -> Status {
     Status::invalid_argument(REQUEST_TOO_LARGE)
+}
+
+/// etcd's `concurrency.ErrElectionNotLeader`. etcd's Lock and Election
+/// services return their own errors as plain errors, which gRPC reports as
+/// Unknown.
+pub fn election_not_leader() -> Status {
+    Status::unknown("election: not leader")
+}
+
+/// etcd's `concurrency.ErrElectionNoLeader`.
+pub fn election_no_leader() -> Status {
+    Status::unknown("election: no leader")
+}
+
+/// etcd's `v3election.ErrMissingLeaderKey`.
+pub fn missing_leader_key() -> Status {
+    Status::unknown("\"leader\" field must be provided")
+}
+
+/// A Lock (`what` = "mutex", etcd's `ErrSessionExpired`) or Campaign
+/// ("election") whose own key disappeared while it waited.
+pub fn session_expired(what: &str) -> Status {
+    Status::unknown(format!("{what}: session is expired"))
 }
 
 pub fn internal(msg: impl std::fmt::Display) -> Status {
@@ -76,5 +121,11 @@ mod tests {
         );
         let s = mvcc(MvccError::LeaseNotFound);
         assert_eq!(s.code(), Code::NotFound);
+        let s = mvcc(MvccError::Auth(AuthError::PermissionDenied));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "etcdserver: permission denied");
+        let s = auth(AuthError::AuthOldRevision);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: revision of auth store is old");
     }
 }

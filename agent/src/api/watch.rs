@@ -22,8 +22,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, BoxStream};
+use crate::auth::ClientCertName;
 use crate::limits;
 use crate::watch_hub::RevisionEvents;
+use cairn_mvcc::auth::Access;
 
 struct Watcher {
     filter: WatchFilter,
@@ -35,6 +37,9 @@ struct Watcher {
 
 struct WatchStream {
     api: Api,
+    /// The client's metadata and certificate name: who creates watchers.
+    meta: tonic::metadata::MetadataMap,
+    cert: Option<ClientCertName>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -51,21 +56,30 @@ impl Watch for Api {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let meta = req.metadata().clone();
+        let cert = crate::auth::cert_name(req.extensions());
         let input: Streaming<WatchRequest> = req.into_inner();
-        Ok(Response::new(self.watch_stream(input)))
+        Ok(Response::new(self.watch_stream(meta, cert, input)))
     }
 }
 
 impl Api {
     /// Serves one watch stream: requests in, responses out. Used by gRPC and
     /// by the JSON gateway.
-    pub fn watch_stream<S>(&self, input: S) -> BoxStream<WatchResponse>
+    pub fn watch_stream<S>(
+        &self,
+        meta: tonic::metadata::MetadataMap,
+        cert: Option<ClientCertName>,
+        input: S,
+    ) -> BoxStream<WatchResponse>
     where
         S: futures::Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(limits::STREAM_SEND_QUEUE);
         let stream = WatchStream {
             api: self.clone(),
+            meta,
+            cert,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -154,10 +168,12 @@ impl WatchStream {
             }
             self.next_id
         };
-        let refuse = if self.watchers.contains_key(&id) {
-            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        let refuse = if let Some(denied) = self.permission(&c).await {
+            Some(denied)
+        } else if self.watchers.contains_key(&id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
         } else if self.watchers.len() >= limits::MAX_WATCHERS_PER_STREAM {
-            Some("cairn: too many watchers on this stream")
+            Some("cairn: too many watchers on this stream".to_string())
         } else {
             None
         };
@@ -169,7 +185,7 @@ impl WatchStream {
         created.created = true;
         if let Some(reason) = refuse {
             created.canceled = true;
-            created.cancel_reason = reason.to_string();
+            created.cancel_reason = reason;
             return self.send(created).await;
         }
         if c.watch_id == 0 {
@@ -195,6 +211,31 @@ impl WatchStream {
             self.deliver().await?;
         }
         Ok(())
+    }
+
+    /// etcd's `isWatchPermitted`: READ on the watched range, as the
+    /// stream's caller now. The refusal reads as grpc-go prints the status.
+    async fn permission(&self, c: &WatchCreateRequest) -> Option<String> {
+        if !self.api.mvcc.auth().enabled {
+            return None;
+        }
+        let denied = match self.api.caller(&self.meta, self.cert.as_ref()).await {
+            Err(s) => s,
+            Ok(who) => match self
+                .api
+                .mvcc
+                .auth()
+                .check(&who, &c.key, &c.range_end, Access::Read)
+            {
+                Ok(()) => return None,
+                Err(e) => crate::api::status::auth(e),
+            },
+        };
+        Some(format!(
+            "rpc error: code = {} desc = {}",
+            go_code_name(denied.code()),
+            denied.message()
+        ))
     }
 
     async fn deliver(&mut self) -> Result<(), Gone> {
@@ -368,6 +409,30 @@ impl WatchStream {
 
 /// Splits a long list of events into responses of at most `max` events,
 /// never splitting one revision's events across two responses.
+/// grpc-go's name of a status code (`codes.Code.String()`).
+fn go_code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 fn chunk_at_revisions(events: Vec<Event>, max: usize) -> Vec<Vec<Event>> {
     let mut out: Vec<Vec<Event>> = Vec::new();
     let mut cur: Vec<Event> = Vec::new();

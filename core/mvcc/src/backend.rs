@@ -70,8 +70,13 @@ pub trait Backend: Send + Sync + 'static {
     fn snapshot(&self) -> Self::Snapshot;
     /// Applies the batch atomically. `durable`: fsync before returning.
     fn commit(&self, batch: Batch, durable: bool) -> Result<(), BackendError>;
-    /// Approximate bytes on disk (Status.dbSize).
+    /// Approximate bytes the MVCC tables take (Status.dbSize, the quota).
     fn size_bytes(&self) -> u64;
+    /// Gives the space of removed versions back (Maintenance.Defragment).
+    /// Nothing to do for a backend that reclaims space by itself.
+    fn defragment(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// In-memory backend for tests and the simulator. Snapshots are copy-on-write.

@@ -29,6 +29,14 @@ pub enum MvccError {
     LeaseTtlTooLarge,
     #[error("invalid sort option")]
     InvalidSortOption,
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// The NOSPACE alarm is raised, or this write would exceed the quota.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is raised: writes are refused.
+    #[error("corrupt cluster")]
+    Corrupt,
     /// Storage failed: fatal for the node, never a client's fault.
     #[error(transparent)]
     Backend(#[from] crate::BackendError),

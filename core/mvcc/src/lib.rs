@@ -11,10 +11,13 @@
 //! consistent at one revision whatever the writer does meanwhile.
 #![forbid(unsafe_code)]
 
+pub mod alarm;
+pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod keys;
 pub mod lease;
+pub mod snapshot;
 pub mod store;
 pub mod validate;
 pub mod watch;

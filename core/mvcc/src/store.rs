@@ -5,8 +5,8 @@
 //! the meta record (current revision, applied raft index), so a crash never
 //! separates them. Reads take a backend snapshot and read at one revision.
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_proto::cairnpb::command::Op;
 use cairn_proto::cairnpb::{Command, Member};
@@ -15,15 +15,16 @@ use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::response_op::Response as OpResponse;
 use cairn_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    AlarmMember, AlarmResponse, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use cairn_proto::mvccpb::event::EventType;
 use cairn_proto::mvccpb::{Event, KeyValue};
 use prost::Message;
 
+use crate::auth::{Access, AuthApplied, AuthInfo, AuthState};
 use crate::keys::{self, LIVE, TOMBSTONE};
 use crate::{Backend, BackendError, Batch, MvccError, ReadView, Table};
 
@@ -59,6 +60,10 @@ pub enum Response {
     LeaseCheckpoint(LeaseCheckpointResponse),
     /// A membership record changed (no revision).
     Member,
+    /// The auth store changed or issued a token.
+    Auth(AuthApplied),
+    /// An alarm was raised or cleared (no revision).
+    Alarm(AlarmResponse),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +155,10 @@ pub struct Mvcc<B: Backend> {
     compacted: AtomicI64,
     applied: AtomicU64,
     physical: Mutex<Physical>,
+    /// The auth store as of the last applied command.
+    auth: RwLock<Arc<AuthState>>,
+    /// The raised alarms (the meta table's `alarm/` records).
+    alarms: RwLock<Vec<AlarmMember>>,
 }
 
 /// Progress of the physical compaction towards `target`.
@@ -908,6 +917,106 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
     }
 }
 
+/// The auth store's records in the meta table.
+fn load_auth<S: ReadView>(snap: &S) -> Result<AuthState, BackendError> {
+    use crate::auth::{META_AUTH_ENABLED, META_AUTH_REVISION, META_AUTH_ROLE, META_AUTH_USER};
+    use cairn_proto::authpb::{Role, User};
+    let enabled = snap
+        .get(Table::Meta, META_AUTH_ENABLED)?
+        .is_some_and(|v| v.first() == Some(&1));
+    let revision =
+        match snap.get(Table::Meta, META_AUTH_REVISION)? {
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                corrupt("meta", META_AUTH_REVISION, "auth revision is not 8 bytes")
+            })?),
+            None => 1,
+        };
+    type Records = Vec<(Vec<u8>, Vec<u8>)>;
+    let scan = |prefix: &[u8]| -> Result<Records, BackendError> {
+        let end = keys::prefix_end(prefix);
+        snap.scan(Table::Meta, prefix, end.as_deref(), false)
+            .collect()
+    };
+    let users = scan(META_AUTH_USER)?
+        .into_iter()
+        .map(|(k, v)| User::decode(v.as_slice()).map_err(|e| corrupt("meta", &k, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let roles = scan(META_AUTH_ROLE)?
+        .into_iter()
+        .map(|(k, v)| Role::decode(v.as_slice()).map_err(|e| corrupt("meta", &k, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AuthState::from_parts(enabled, revision, users, roles))
+}
+
+/// etcd's apply-time permission checks (`authApplierV3`): writes need WRITE
+/// on their keys, reads inside a txn and compares READ, `prev_kv` READ, and
+/// attaching to or revoking a lease WRITE on every key the lease holds
+/// (unless the caller is an admin).
+fn check_permissions<S: ReadView>(
+    auth: &AuthState,
+    ai: &AuthInfo,
+    snap: &S,
+    op: Option<&Op>,
+) -> Result<(), MvccError> {
+    if !auth.enabled || ai.is_internal() {
+        return Ok(());
+    }
+    let lease_puts = |id: i64| -> Result<(), MvccError> {
+        if id == 0 || auth.check_admin(ai).is_ok() {
+            return Ok(());
+        }
+        for k in lease_keys(snap, id)? {
+            auth.check(ai, &k, &[], Access::Write)?;
+        }
+        Ok(())
+    };
+    let put = |p: &PutRequest| -> Result<(), MvccError> {
+        auth.check(ai, &p.key, &[], Access::Write)?;
+        lease_puts(p.lease)?;
+        if p.prev_kv {
+            auth.check(ai, &p.key, &[], Access::Read)?;
+        }
+        Ok(())
+    };
+    let delete = |d: &DeleteRangeRequest| -> Result<(), MvccError> {
+        auth.check(ai, &d.key, &d.range_end, Access::Write)?;
+        if d.prev_kv {
+            auth.check(ai, &d.key, &d.range_end, Access::Read)?;
+        }
+        Ok(())
+    };
+    fn txn(
+        t: &TxnRequest,
+        auth: &AuthState,
+        ai: &AuthInfo,
+        put: &dyn Fn(&PutRequest) -> Result<(), MvccError>,
+        delete: &dyn Fn(&DeleteRangeRequest) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        for c in &t.compare {
+            auth.check(ai, &c.key, &c.range_end, Access::Read)?;
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(Request::RequestRange(r)) => {
+                    auth.check(ai, &r.key, &r.range_end, Access::Read)?
+                }
+                Some(Request::RequestPut(p)) => put(p)?,
+                Some(Request::RequestDeleteRange(d)) => delete(d)?,
+                Some(Request::RequestTxn(t)) => txn(t, auth, ai, put, delete)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+    match op {
+        Some(Op::Put(p)) => put(p),
+        Some(Op::DeleteRange(d)) => delete(d),
+        Some(Op::Txn(t)) => txn(t, auth, ai, &put, &delete),
+        Some(Op::LeaseRevoke(r)) => lease_puts(r.id),
+        _ => Ok(()),
+    }
+}
+
 fn lease_keys<S: ReadView>(snap: &S, id: i64) -> Result<Vec<Vec<u8>>, BackendError> {
     let p = keys::lease_attach_prefix(id);
     let end = keys::prefix_end(&p);
@@ -926,8 +1035,11 @@ impl<B: Backend> Mvcc<B> {
         let compact = meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
         let applied = meta_i64(&snap, META_APPLIED)?.unwrap_or(0) as u64;
         let physical = meta_i64(&snap, META_PHYSICAL)?.unwrap_or(0);
+        let auth = load_auth(&snap)?;
+        let alarms = crate::alarm::load(&snap)?;
         drop(snap);
         Ok(Mvcc {
+            auth: RwLock::new(Arc::new(auth)),
             backend,
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compact),
@@ -936,11 +1048,17 @@ impl<B: Backend> Mvcc<B> {
                 done: physical,
                 ..Default::default()
             }),
+            alarms: RwLock::new(alarms),
         })
     }
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The raised alarms, by member then type.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms.read().expect("alarms lock").clone()
     }
 
     /// Latest revision (1 on an empty store, as etcd).
@@ -988,29 +1106,67 @@ impl<B: Backend> Mvcc<B> {
         let begin = self.current_revision();
         let mut txn = Txn::new(&snap, begin, self.compact_revision());
         let mut member_writes = Vec::new();
-        let result = match &cmd.op {
-            Some(Op::Put(p)) => txn
-                .precheck(&Request::RequestPut(p.clone()))
-                .and_then(|()| txn.put(p))
-                .map(Response::Put),
-            Some(Op::DeleteRange(d)) => txn.delete(d).map(Response::DeleteRange),
-            Some(Op::Txn(t)) => txn.txn(t).map(Response::Txn),
-            Some(Op::Compaction(c)) => txn.compaction(c).map(Response::Compaction),
-            Some(Op::LeaseGrant(g)) => txn.lease_grant(g).map(Response::LeaseGrant),
-            Some(Op::LeaseRevoke(r)) => txn.lease_revoke(r).map(Response::LeaseRevoke),
-            Some(Op::LeaseCheckpoint(c)) => txn.lease_checkpoint(c).map(Response::LeaseCheckpoint),
-            Some(
-                Op::MemberSet(_)
-                | Op::MemberRemove(_)
-                | Op::MemberAttributes(_)
-                | Op::MemberPeerUrls(_),
-            ) => member_change(&snap, cmd.op.as_ref().expect("matched"))
-                .map(|w| {
-                    member_writes = w;
-                    Response::Member
-                })
-                .map_err(MvccError::Backend),
-            None => Err(MvccError::KeyNotFound),
+        let auth = self.auth();
+        let caller = AuthInfo {
+            user: cmd.username.clone(),
+            revision: cmd.auth_revision,
+        };
+        let mut new_auth = None;
+        // An alarm refuses first (etcd's capped/corrupt appliers wrap the
+        // auth applier), then permissions.
+        let refused = cmd
+            .op
+            .as_ref()
+            .and_then(|op| crate::alarm::refuses(&self.alarms(), op))
+            .map(Err)
+            .unwrap_or_else(|| check_permissions(&auth, &caller, &snap, cmd.op.as_ref()));
+        let result = match refused {
+            Err(e) => Err(e),
+            Ok(()) => match &cmd.op {
+                Some(Op::Alarm(a)) => {
+                    let (writes, changed) = crate::alarm::change(&self.alarms(), a);
+                    member_writes = writes;
+                    Ok(Response::Alarm(crate::alarm::response(changed)))
+                }
+                Some(Op::Put(p)) => txn
+                    .precheck(&Request::RequestPut(p.clone()))
+                    .and_then(|()| txn.put(p))
+                    .map(Response::Put),
+                Some(Op::DeleteRange(d)) => txn.delete(d).map(Response::DeleteRange),
+                Some(Op::Txn(t)) => txn.txn(t).map(Response::Txn),
+                Some(Op::Compaction(c)) => txn.compaction(c).map(Response::Compaction),
+                Some(Op::LeaseGrant(g)) => txn.lease_grant(g).map(Response::LeaseGrant),
+                Some(Op::LeaseRevoke(r)) => txn.lease_revoke(r).map(Response::LeaseRevoke),
+                Some(Op::LeaseCheckpoint(c)) => {
+                    txn.lease_checkpoint(c).map(Response::LeaseCheckpoint)
+                }
+                Some(
+                    Op::MemberSet(_)
+                    | Op::MemberRemove(_)
+                    | Op::MemberAttributes(_)
+                    | Op::MemberPeerUrls(_),
+                ) => member_change(&snap, cmd.op.as_ref().expect("matched"))
+                    .map(|w| {
+                        member_writes = w;
+                        Response::Member
+                    })
+                    .map_err(MvccError::Backend),
+                Some(Op::Auth(a)) => {
+                    let mut next = (*auth).clone();
+                    match a.op.as_ref() {
+                        None => Err(MvccError::KeyNotFound),
+                        Some(op) => next
+                            .apply(op, &caller, index)
+                            .map(|(out, writes)| {
+                                member_writes = writes;
+                                new_auth = Some(next);
+                                Response::Auth(out)
+                            })
+                            .map_err(MvccError::Auth),
+                    }
+                }
+                None => Err(MvccError::KeyNotFound),
+            },
         };
         let result = match result {
             Err(MvccError::Backend(e)) => return Err(e),
@@ -1029,7 +1185,15 @@ impl<B: Backend> Mvcc<B> {
                 None => batch.delete(Table::Meta, k),
             }
         }
+        let alarm_changed = matches!(cmd.op, Some(Op::Alarm(_))) && !batch.is_empty();
         self.commit_applied(batch, index)?;
+        if let Some(a) = new_auth {
+            *self.auth.write().expect("auth lock") = Arc::new(a);
+        }
+        if alarm_changed {
+            *self.alarms.write().expect("alarms lock") =
+                crate::alarm::load(&self.backend.snapshot())?;
+        }
         if let Some(c) = outcome.compacted {
             self.compacted.store(c, Ordering::Release);
         }
@@ -1246,20 +1410,59 @@ impl<B: Backend> Mvcc<B> {
             return Err(MvccError::FutureRevision);
         }
         let at = if rev <= 0 { current } else { rev };
-        let mut h = crc32fast::Hasher::new();
-        h.update(b"kv");
-        let mut survivors = Survivors::default();
-        for r in snap.scan(Table::Kv, &[], None, false) {
-            let (ik, v) = r?;
-            let (p, krev) = keys::split_version_key(&ik)
-                .ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
-            if krev > at || !survivors.keeps(p, krev, compact, &v) {
-                continue;
+        let hash = hash_kv_of(snap.scan(Table::Kv, &[], None, false), at, compact)?;
+        Ok((hash, if compact == 0 { -1 } else { compact }, at))
+    }
+
+    /// Makes a store just restored from a snapshot the start of a new
+    /// cluster (`cairn snapshot restore`): the old membership, removed
+    /// members and alarms are dropped, `members` recorded, the applied index
+    /// set to 0 (the new cluster's log starts over), and, as etcdutl's
+    /// `--bump-revision` and `--mark-compacted` do, the revision raised by
+    /// `bump` and marked compacted.
+    pub fn prepare_restored(
+        &self,
+        members: &[Member],
+        bump: i64,
+        mark_compacted: bool,
+    ) -> Result<(), BackendError> {
+        let snap = self.backend.snapshot();
+        let mut batch = Batch::default();
+        for prefix in [META_MEMBER, META_REMOVED, crate::alarm::PREFIX] {
+            let end = keys::prefix_end(prefix);
+            for r in snap.scan(Table::Meta, prefix, end.as_deref(), false) {
+                batch.delete(Table::Meta, r?.0);
             }
-            h.update(&ik);
-            h.update(&v);
         }
-        Ok((h.finalize(), if compact == 0 { -1 } else { compact }, at))
+        for m in members {
+            batch.put(Table::Meta, member_key(m.id), m.encode_to_vec());
+        }
+        let current = self.current_revision() + bump.max(0);
+        batch.put(
+            Table::Meta,
+            META_CURRENT.to_vec(),
+            current.to_be_bytes().to_vec(),
+        );
+        if mark_compacted {
+            batch.put(
+                Table::Meta,
+                META_COMPACT.to_vec(),
+                current.to_be_bytes().to_vec(),
+            );
+        }
+        batch.put(
+            Table::Meta,
+            META_APPLIED.to_vec(),
+            0i64.to_be_bytes().to_vec(),
+        );
+        self.backend.commit(batch, true)?;
+        self.current.store(current, Ordering::Release);
+        if mark_compacted {
+            self.compacted.store(current, Ordering::Release);
+        }
+        self.applied.store(0, Ordering::Release);
+        *self.alarms.write().expect("alarms lock") = Vec::new();
+        Ok(())
     }
 
     /// Hash of the data tables (Maintenance.Hash).
@@ -1275,6 +1478,11 @@ impl<B: Backend> Mvcc<B> {
             }
         }
         Ok(h.finalize())
+    }
+
+    /// The auth store as of the last applied command.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().expect("auth lock").clone()
     }
 
     /// The recorded members, by id.
@@ -1367,6 +1575,7 @@ impl<B: Backend> Mvcc<B> {
         let compact = meta_i64(&snap, META_COMPACT)?.unwrap_or(0);
         let applied = meta_i64(&snap, META_APPLIED)?.unwrap_or(0) as u64;
         let physical = meta_i64(&snap, META_PHYSICAL)?.unwrap_or(0);
+        *self.auth.write().expect("auth lock") = Arc::new(load_auth(&snap)?);
         self.current.store(current, Ordering::Release);
         self.compacted.store(compact, Ordering::Release);
         self.applied.store(applied, Ordering::Release);
@@ -1374,6 +1583,7 @@ impl<B: Backend> Mvcc<B> {
             done: physical,
             ..Default::default()
         };
+        *self.alarms.write().expect("alarms lock") = crate::alarm::load(&snap)?;
         Ok(())
     }
 
@@ -1392,6 +1602,53 @@ impl<B: Backend> Mvcc<B> {
             emitted: 0,
         }
     }
+}
+
+/// HashKV over the `Kv` table's records in key order: the versions a read
+/// at or below `at` can see once compacted at `compact`. Shared by
+/// [`Mvcc::hash_kv`] and the snapshot tools, which hash a snapshot file's
+/// records without a store.
+pub fn hash_kv_of(
+    records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>>,
+    at: i64,
+    compact: i64,
+) -> Result<u32, BackendError> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(b"kv");
+    let mut survivors = Survivors::default();
+    for r in records {
+        let (ik, v) = r?;
+        let (p, krev) =
+            keys::split_version_key(&ik).ok_or_else(|| corrupt("version key", &ik, "malformed"))?;
+        if krev > at || !survivors.keeps(p, krev, compact, &v) {
+            continue;
+        }
+        h.update(&ik);
+        h.update(&v);
+    }
+    Ok(h.finalize())
+}
+
+/// The snapshot's meta records that say where it stands: (current revision,
+/// compact revision), from `meta` records (key, value).
+pub fn snapshot_revisions<'a>(
+    meta: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<(i64, i64), BackendError> {
+    let mut current = 1;
+    let mut compact = 0;
+    for (k, v) in meta {
+        let read = || -> Result<i64, BackendError> {
+            v.try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| corrupt("meta", k, "not 8 bytes"))
+        };
+        if k == META_CURRENT {
+            current = read()?;
+        } else if k == META_COMPACT {
+            compact = read()?;
+        }
+    }
+    Ok((current, compact))
 }
 
 /// A lease record: BE(ttl), then BE(remaining TTL) once checkpointed.

@@ -68,7 +68,14 @@ impl Model {
 
 fn apply<B: cairn_mvcc::Backend>(m: &Mvcc<B>, idx: &mut u64, op: Op) -> cairn_mvcc::Applied {
     *idx += 1;
-    m.apply(*idx, &Command { op: Some(op) }).unwrap()
+    m.apply(
+        *idx,
+        &Command {
+            op: Some(op),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 proptest! {

@@ -58,9 +58,11 @@ pub mod etcdserverpb {
 }
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 pub mod cairnpb {
     include!(concat!(env!("OUT_DIR"), "/cairnpb.rs"));
@@ -84,13 +86,22 @@ pub mod service {
 
     pub trait StreamCalls: Clone + Send + Sync + 'static {
         /// A Watch stream fed by `input`.
-        fn watch_stream(&self, input: BoxStream<WatchRequest>) -> BoxStream<WatchResponse>;
+        /// Calls carry the client's metadata (its auth token).
+        fn watch_stream(
+            &self,
+            meta: tonic::metadata::MetadataMap,
+            input: BoxStream<WatchRequest>,
+        ) -> BoxStream<WatchResponse>;
         /// One LeaseKeepAlive request's answer.
         fn keep_alive_once(
             &self,
+            meta: tonic::metadata::MetadataMap,
             req: LeaseKeepAliveRequest,
         ) -> BoxFuture<'_, Result<LeaseKeepAliveResponse, tonic::Status>>;
         /// What `Status` answers, for `/v3/maintenance/status`.
-        fn status_now(&self) -> BoxFuture<'_, Result<StatusResponse, tonic::Status>>;
+        fn status_now(
+            &self,
+            meta: tonic::metadata::MetadataMap,
+        ) -> BoxFuture<'_, Result<StatusResponse, tonic::Status>>;
     }
 }

@@ -18,7 +18,7 @@ mod mem;
 mod node;
 
 pub use mem::MemLogStore;
-pub use node::{Node, StartError};
+pub use node::{Node, StartError, write_bootstrap};
 
 pub use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MessageType, Snapshot,
@@ -101,6 +101,19 @@ pub struct NodeConfig {
     /// on every member alike, as etcd bootstraps. Empty for a member that
     /// joins an existing cluster: it learns everything from the leader.
     pub bootstrap: Vec<ConfChange>,
+    /// Told how long each synced append of entries and hard state took
+    /// (the agent's `etcd_disk_wal_fsync_duration_seconds`).
+    pub on_sync: Option<SyncObserver>,
+}
+
+/// A callback for the duration of each synced append.
+#[derive(Clone)]
+pub struct SyncObserver(pub std::sync::Arc<dyn Fn(Duration) + Send + Sync>);
+
+impl std::fmt::Debug for SyncObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncObserver")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -86,6 +86,37 @@ struct Inner<O> {
     request_timeout: Duration,
 }
 
+/// Writes a new cluster's first entries: `bootstrap`'s conf changes as
+/// entries 1..=n of term 1, committed, and the configuration they make.
+/// What `Node::start` does for a new member; also how `cairn snapshot
+/// restore` prepares a data directory that starts a new cluster.
+pub fn write_bootstrap<S: LogStore>(
+    store: &mut S,
+    bootstrap: &[ConfChange],
+) -> Result<ConfState, StartError> {
+    let mut entries = Vec::new();
+    let mut conf = ConfState::default();
+    for (i, cc) in bootstrap.iter().enumerate() {
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = protobuf::Message::write_to_bytes(cc)
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .into();
+        entries.push(e);
+        conf.voters.push(cc.node_id);
+    }
+    let hs = HardState {
+        term: 1,
+        commit: entries.len() as u64,
+        ..Default::default()
+    };
+    store.append(&entries, Some(&hs), true)?;
+    store.set_conf_state(&conf)?;
+    Ok(conf)
+}
+
 impl<O: Send + 'static> Node<O> {
     /// Starts the node on its own thread. An empty store of a new cluster is
     /// bootstrapped from `cfg.bootstrap`: those conf changes become entries
@@ -109,26 +140,7 @@ impl<O: Send + 'static> Node<O> {
             && store.last_index()? == 0
             && state.hard_state.term == 0;
         if empty && !cfg.bootstrap.is_empty() {
-            let mut entries = Vec::new();
-            conf = ConfState::default();
-            for (i, cc) in cfg.bootstrap.iter().enumerate() {
-                let mut e = Entry::default();
-                e.set_entry_type(EntryType::EntryConfChange);
-                e.term = 1;
-                e.index = i as u64 + 1;
-                e.data = protobuf::Message::write_to_bytes(cc)
-                    .map_err(|e| StartError::Storage(e.to_string()))?
-                    .into();
-                entries.push(e);
-                conf.voters.push(cc.node_id);
-            }
-            let hs = HardState {
-                term: 1,
-                commit: entries.len() as u64,
-                ..Default::default()
-            };
-            store.append(&entries, Some(&hs), true)?;
-            store.set_conf_state(&conf)?;
+            conf = write_bootstrap(&mut store, &cfg.bootstrap)?;
         }
         let state = store.initial_state()?;
         let applied = sm.applied_index().min(state.hard_state.commit);
@@ -658,11 +670,15 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         // them: their application, and any reply.
         if !rd.entries().is_empty() || rd.hs().is_some() {
             let sync = rd.must_sync();
+            let started = std::time::Instant::now();
             self.raw
                 .mut_store()
                 .inner
                 .append(rd.entries(), rd.hs(), sync)
                 .map_err(|e| e.to_string())?;
+            if sync && let Some(observe) = &self.cfg.on_sync {
+                (observe.0)(started.elapsed());
+            }
         }
         self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {

@@ -133,6 +133,7 @@ fn config(id: u64, bootstrap: &[u64]) -> NodeConfig {
             .iter()
             .map(|i| add(*i, ConfChangeType::AddNode))
             .collect(),
+        on_sync: None,
     }
 }
 

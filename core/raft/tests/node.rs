@@ -71,6 +71,7 @@ fn cfg() -> NodeConfig {
             cc.node_id = 1;
             cc
         }],
+        on_sync: None,
     }
 }
 

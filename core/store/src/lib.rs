@@ -283,8 +283,29 @@ impl Backend for FjallBackend {
         self.shared.commit(b).map_err(backend_err)
     }
 
+    /// The MVCC tables only, as etcd's `dbSize` is its bolt file and not
+    /// its WAL: their flushed tables plus what their memtables hold (written
+    /// to the journal, not flushed yet), so the figure grows with every
+    /// write and not in memtable-sized steps.
     fn size_bytes(&self) -> u64 {
-        self.shared.db.disk_space().unwrap_or(0)
+        use fjall::AbstractTree as _;
+        self.shared
+            .tables
+            .iter()
+            .map(|ks| ks.disk_space() + ks.tree.version_memtable_size_sum())
+            .sum()
+    }
+
+    /// Flushes the MVCC tables' memtables and merges each table's segments
+    /// into one run, which drops the versions and tombstones compaction
+    /// left behind. Reads and writes go on meanwhile (an LSM tree writes
+    /// new files and swaps them in).
+    fn defragment(&self) -> Result<(), BackendError> {
+        for ks in &self.shared.tables {
+            ks.rotate_memtable_and_wait().map_err(backend_err)?;
+            ks.major_compact().map_err(backend_err)?;
+        }
+        Ok(())
     }
 }
 

@@ -47,7 +47,10 @@ use clap::{Parser, Subcommand};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
+mod compaction;
+mod prefix_delete;
 mod roles;
+mod tenants;
 
 const KEY_SIZE: usize = 8;
 const VALUE_SIZE: usize = 256;
@@ -134,6 +137,57 @@ enum Cmd {
         /// Watchers per gRPC stream.
         #[arg(long, default_value_t = 100)]
         per_stream: usize,
+    },
+    /// Write latency while a long history (1 M revisions) is compacted,
+    /// etcd and cairn.
+    Compaction {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value = cairn_tests::ETCD_BIN)]
+        etcd_bin: PathBuf,
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        revisions: u64,
+        /// Keys the history is spread over.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Clients writing during the measurement.
+        #[arg(long, default_value_t = 10)]
+        writers: usize,
+        /// Seconds of the baseline window.
+        #[arg(long, default_value_t = 10)]
+        baseline: u64,
+    },
+    /// One tenant's flood against another's latency, with and without a
+    /// rate limit on the flooding prefix (cairn).
+    Tenants {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        flooders: usize,
+        #[arg(long, default_value_t = 10)]
+        victims: usize,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The limit put on the flooding prefix.
+        #[arg(long, default_value = "/noisy/=1000:1000")]
+        limit: String,
+    },
+    /// Other clients' write latency while one DeleteRange removes a
+    /// prefix of 100 000 keys, etcd and cairn.
+    PrefixDelete {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value = cairn_tests::ETCD_BIN)]
+        etcd_bin: PathBuf,
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 10)]
+        writers: usize,
     },
     /// Run workloads against a server that is already running.
     Run {
@@ -265,6 +319,136 @@ async fn main() -> Result<()> {
                     name,
                     per,
                     idle as f64 / (1 << 20) as f64
+                );
+            }
+        }
+        Cmd::Compaction {
+            cairn_bin,
+            etcd_bin,
+            only,
+            revisions,
+            keys,
+            writers,
+            baseline,
+        } => {
+            let mut rows = Vec::new();
+            let want = |k: &str| only.as_deref().is_none_or(|o| o == k);
+            let baseline = Duration::from_secs(baseline);
+            if want("etcd") {
+                let r = compaction::run(Kind::Etcd, etcd_bin, revisions, keys, writers, baseline)
+                    .await?;
+                rows.push(("etcd", r));
+            }
+            if want("cairn") {
+                let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+                let r =
+                    compaction::run(Kind::Cairn, bin, revisions, keys, writers, baseline).await?;
+                rows.push(("cairn", r));
+            }
+            println!(
+                "# {revisions} revisions over {keys} keys, then {writers} writers: baseline, and while Compact(physical) runs"
+            );
+            println!(
+                "{:<6} | {:>9} | {:>22} | {:>22} | {:>10}",
+                "server", "fill/s", "base p50/p99/max ms", "during p50/p99/max ms", "compact s"
+            );
+            println!("{}", "-".repeat(82));
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            for (name, r) in rows {
+                println!(
+                    "{:<6} | {:>9.0} | {:>6.2} {:>7.2} {:>7.1} | {:>6.2} {:>7.2} {:>7.1} | {:>10.2}",
+                    name,
+                    r.fill_per_s,
+                    ms(r.base.p50),
+                    ms(r.base.p99),
+                    ms(r.base.max),
+                    ms(r.during.p50),
+                    ms(r.during.p99),
+                    ms(r.during.max),
+                    r.compaction.as_secs_f64()
+                );
+                eprintln!(
+                    "{name}: {} writes in the baseline, {} during",
+                    r.base.ops, r.during.ops
+                );
+            }
+        }
+        Cmd::Tenants {
+            cairn_bin,
+            flooders,
+            victims,
+            secs,
+            limit,
+        } => {
+            let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+            let mut rows = Vec::new();
+            for (name, f, l) in [
+                ("victim alone", 0, None),
+                ("flood, no limit", flooders, None),
+                ("flood, limited", flooders, Some(limit.as_str())),
+            ] {
+                eprintln!("tenants: {name}");
+                rows.push(tenants::run(bin.clone(), name, l, f, victims, secs).await?);
+            }
+            println!(
+                "# {victims} victim clients (put/get /victim/), {flooders} flooding clients (put /noisy/), {secs} s each; limit: {limit}"
+            );
+            println!(
+                "{:<16} | {:>10} | {:>8} | {:>8} | {:>12} | {:>12}",
+                "scenario", "victim/s", "p50 ms", "p99 ms", "noisy ok/s", "noisy refused/s"
+            );
+            println!("{}", "-".repeat(82));
+            for r in rows {
+                println!(
+                    "{:<16} | {:>10.0} | {:>8.2} | {:>8.2} | {:>12.0} | {:>12.0}",
+                    r.name,
+                    r.victim_ops,
+                    r.p50.as_secs_f64() * 1e3,
+                    r.p99.as_secs_f64() * 1e3,
+                    r.noisy_served,
+                    r.noisy_refused
+                );
+            }
+        }
+        Cmd::PrefixDelete {
+            cairn_bin,
+            etcd_bin,
+            only,
+            keys,
+            writers,
+        } => {
+            let want = |k: &str| only.as_deref().is_none_or(|o| o == k);
+            let mut rows = Vec::new();
+            if want("etcd") {
+                rows.push((
+                    "etcd",
+                    prefix_delete::run(Kind::Etcd, etcd_bin, keys, writers).await?,
+                ));
+            }
+            if want("cairn") {
+                let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+                rows.push((
+                    "cairn",
+                    prefix_delete::run(Kind::Cairn, bin, keys, writers).await?,
+                ));
+            }
+            println!(
+                "# {keys} keys under /big/ deleted by one DeleteRange while {writers} clients put under /other/"
+            );
+            println!(
+                "{:<6} | {:>13} | {:>15} | {:>15} | {:>10}",
+                "server", "base p99 ms", "during p99 ms", "during max ms", "delete s"
+            );
+            println!("{}", "-".repeat(70));
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            for (name, r) in rows {
+                println!(
+                    "{:<6} | {:>13.2} | {:>15.2} | {:>15.1} | {:>10.2}",
+                    name,
+                    ms(r.base_p99),
+                    ms(r.during_p99),
+                    ms(r.during_max),
+                    r.delete.as_secs_f64()
                 );
             }
         }

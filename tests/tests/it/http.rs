@@ -35,6 +35,37 @@ async fn health_version_metrics() {
             .any(|l| !l.starts_with('#') && l.split_whitespace().count() >= 2),
         "no samples"
     );
+    // etcd's metric names where they exist: writes are fsynced and timed.
+    let mut c = s.client().await;
+    c.put("fsynced", "v", None).await.unwrap();
+    let (_, body) = s.http("GET", "/metrics", None);
+    let sample = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(sample("etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
+    assert!(sample("etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert_eq!(sample("etcd_server_has_leader"), 1.0);
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    if cairn_tests::subject_is_etcd() {
+        return; // etcd 3.4 has no --log-format (3.5 does)
+    }
+    let mut o = cairn_tests::SubjectOptions::new(cairn_tests::subject_kind());
+    o.extra_args = vec!["--log-format".into(), "json".into()];
+    let s = Subject::start_with(o).await;
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in lines {
+        let v = parse(l);
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
 }
 
 #[tokio::test]
@@ -184,5 +215,69 @@ async fn json_gateway_watch_streams_events() {
             &json!({"type":"DELETE","kv":{"key":"YQ==","mod_revision":"3"}}),
         ],
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn requests_bytes_and_keys_by_prefix_in_metrics_and_cairn_top() {
+    if cairn_tests::subject_is_etcd() {
+        return; // cairn's own metrics
+    }
+    let mut o = cairn_tests::SubjectOptions::new(cairn_tests::subject_kind());
+    o.extra_args = vec!["--metrics-prefix-depth".into(), "2".into()];
+    let mut s = Subject::start_with(o).await;
+    let mut c = s.client().await;
+    c.put("/registry/pods/a", "12345", None).await.unwrap();
+    c.put("/registry/pods/b", "1", None).await.unwrap();
+    c.put("/registry/pods/b", "123", None).await.unwrap();
+    c.put("/registry/nodes/n1", "x", None).await.unwrap();
+    c.delete("/registry/nodes/n1", None).await.unwrap();
+    for _ in 0..5 {
+        c.get("/registry/pods/a", None).await.unwrap();
+    }
+    let sample = |body: &str, name: &str, prefix: &str| -> i64 {
+        let start = format!("{name}{{prefix=\"{prefix}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(start.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {start} in\n{body}"))
+    };
+    let (_, body) = s.http("GET", "/metrics", None);
+    // "/registry/pods/a" + "12345" and "/registry/pods/b" + "123"
+    assert_eq!(
+        sample(&body, "cairn_prefix_bytes", "/registry/pods/"),
+        16 + 5 + 16 + 3
+    );
+    assert_eq!(sample(&body, "cairn_prefix_keys", "/registry/pods/"), 2);
+    assert_eq!(sample(&body, "cairn_prefix_keys", "/registry/nodes/"), 0);
+    assert!(sample(&body, "cairn_prefix_requests_total", "/registry/pods/") >= 8);
+    // After a restart the store's bytes are counted again from a scan.
+    s.restart().await;
+    cairn_tests::eventually(
+        "bytes counted by the start scan",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, body) = s.http("GET", "/metrics", None);
+            let found = body.contains("cairn_prefix_bytes{prefix=\"/registry/pods/\"} 40\n");
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+    // cairn top prints the prefixes.
+    let out = std::process::Command::new(cairn_tests::cairn_bin())
+        .args(["top", "--once", "--interval", "200ms", "--sort", "bytes"])
+        .arg(format!("--endpoints=127.0.0.1:{}", s.client_port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().nth(2).unwrap_or_default();
+    assert!(
+        first.starts_with("/registry/pods/") && first.contains("40.0 B"),
+        "{text}"
     );
 }

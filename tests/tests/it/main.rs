@@ -13,17 +13,25 @@
 //! CRASH_SEED=<seed printed by the failing run> cargo test -p cairn-tests crash
 //! ```
 
+mod alarms;
+mod auth;
 mod cluster;
+mod compaction;
 mod config;
 mod crash;
+mod discovery;
 mod etcdctl;
 mod http;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod pki;
 mod roles;
+mod snapshot;
+mod tenants;
 mod tls;
+mod v2;
 mod watch;
 
 use cairn_tests::Subject;

@@ -40,7 +40,24 @@ async fn status_fields() {
 #[tokio::test]
 async fn member_list_has_us() {
     let (s, mut c) = start().await;
-    let resp = c.member_list().await.unwrap();
+    // A member publishes its client URLs through the log once it runs
+    // (etcd's publish); its name is known from --initial-cluster before
+    // that. Wait for the published entry.
+    let resp = cairn_tests::eventually(
+        "the member's client URLs published",
+        std::time::Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = c.member_list().await.unwrap();
+                r.members()
+                    .iter()
+                    .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+                    .then_some(r)
+            }
+        },
+    )
+    .await;
     let members = resp.members();
     assert_eq!(members.len(), 1);
     let m = &members[0];

@@ -169,6 +169,48 @@ fn client_cert_auth_refuses_clients_without_a_certificate_from_the_ca() {
 }
 
 #[test]
+fn with_client_cert_auth_a_certificates_common_name_is_its_user() {
+    let pki = Pki::new("client");
+    let root = pki.member("root");
+    let alice = pki.member("alice");
+    let nobody = pki.member("mallory");
+    let ca = pki.ca_path.display().to_string();
+    let s = TlsServer::start(
+        &pki,
+        pki.member("server"),
+        &["--client-cert-auth", "--trusted-ca-file", &ca],
+        Some(&root),
+    );
+    let ok = |cert: &(String, String), args: &[&str]| {
+        let out = s.etcdctl(Some(cert), args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        stdout(&out)
+    };
+    ok(&root, &["put", "ro", "v0"]);
+    ok(&root, &["user", "add", "root:pw"]);
+    ok(&root, &["user", "add", "alice:pw"]);
+    ok(&root, &["role", "add", "r"]);
+    ok(&root, &["role", "grant-permission", "r", "read", "ro"]);
+    ok(&root, &["user", "grant-role", "alice", "r"]);
+    ok(&root, &["auth", "enable"]);
+    // No password, no token: the certificate names the user.
+    assert!(ok(&alice, &["get", "ro"]).contains("v0"));
+    let denied = s.etcdctl(Some(&alice), &["put", "ro", "x"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    let stranger = s.etcdctl(Some(&nobody), &["get", "ro"]);
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("permission denied"),
+        "{stranger:?}"
+    );
+    // The root certificate is an admin.
+    assert!(ok(&root, &["user", "list"]).contains("alice"));
+    ok(&root, &["auth", "disable"]);
+}
+
+#[test]
 fn a_renewed_certificate_is_served_without_a_restart() {
     let pki = Pki::new("client");
     let (cert, key) = pki.member("first");
