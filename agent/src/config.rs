@@ -33,6 +33,9 @@ pub struct Config {
     pub snapshot_count: u64,
     pub watch_progress_notify_interval: Duration,
     pub socket: Option<PathBuf>,
+    /// cairn's TOML `--config` file, whose tables (see [`SECTIONS`]) the
+    /// render, DNS and service subsystems read themselves.
+    pub config_path: Option<PathBuf>,
     pub log_level: String,
     /// `--log-format json`: one JSON object per log line.
     pub log_json: bool,
@@ -304,7 +307,11 @@ impl Config {
         if let Some(path) = settings.get("config-file").cloned() {
             settings = read_config_file(&path)?;
         }
-        Ok(Command::Run(Box::new(Self::from_settings(&settings)?)))
+        let mut cfg = Self::from_settings(&settings)?;
+        if !settings.contains_key("config-file") {
+            cfg.config_path = toml_path.map(PathBuf::from);
+        }
+        Ok(Command::Run(Box::new(cfg)))
     }
 
     fn from_settings(s: &HashMap<String, String>) -> Result<Config, ConfigError> {
@@ -401,6 +408,7 @@ impl Config {
                 None => Duration::from_secs(600),
             },
             socket,
+            config_path: None,
             log_level: get("log-level").unwrap_or("info").to_string(),
             enable_v2: boolean(s, "enable-v2", true)?,
             peer_tls: crate::peer::tls::PeerTls {
@@ -842,6 +850,11 @@ fn tempfile_probe(dir: &std::path::Path) -> bool {
     }
 }
 
+/// Tables of the TOML `--config` that are not flags: each belongs to the
+/// subsystem that parses it (`[[template]]` and `[render]`: rendering,
+/// `[dns]`: the DNS server, `[[service]]`: service registration).
+pub const SECTIONS: &[&str] = &["template", "render", "dns", "service"];
+
 /// cairn's own TOML config (`--config`, or `$CAIRN_CONFIG`): each key is a
 /// flag's name (`max-stale` or `max_stale`); strings, numbers, booleans,
 /// and arrays (joined with commas, for URL lists).
@@ -868,6 +881,9 @@ fn read_toml_config(path: &str) -> Result<HashMap<String, String>, ConfigError> 
     };
     let mut out = HashMap::new();
     for (k, v) in &doc {
+        if SECTIONS.contains(&k.as_str()) {
+            continue;
+        }
         let name = k.replace('_', "-");
         if name == "config" || name == "config-file" {
             return Err(err(format!("key {k:?} cannot be set from a config file")));
