@@ -288,8 +288,8 @@ impl Config {
             .find(|(k, _)| k == "config")
             .map(|(_, v)| v.clone())
             .or_else(|| env.get("CAIRN_CONFIG").cloned());
-        if let Some(path) = toml_path {
-            settings = read_toml_config(&path)?;
+        if let Some(path) = &toml_path {
+            settings = read_toml_config(path)?;
         }
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("ETCD_") {
