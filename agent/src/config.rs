@@ -346,7 +346,7 @@ impl Config {
         let duration = |k: &str| -> Result<Option<Duration>, ConfigError> {
             match get(k) {
                 None | Some("") => Ok(None),
-                Some(v) => go_duration(v).map(Some).ok_or_else(|| {
+                Some(v) => parse_duration(v).map(Some).ok_or_else(|| {
                     invalid(&format!("--{k}"), v, "not a duration like 5s or 500ms")
                 }),
             }
@@ -398,7 +398,7 @@ impl Config {
             watch_progress_notify_interval: match get("watch-progress-notify-interval")
                 .or(get("experimental-watch-progress-notify-interval"))
             {
-                Some(v) => go_duration(v).ok_or_else(|| {
+                Some(v) => parse_duration(v).ok_or_else(|| {
                     invalid(
                         "--watch-progress-notify-interval",
                         v,
@@ -455,7 +455,7 @@ impl Config {
             )? {
                 false => None,
                 true => Some(match get("experimental-lease-checkpoint-interval") {
-                    Some(v) => go_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
                         invalid(
                             "--experimental-lease-checkpoint-interval",
                             v,
@@ -487,7 +487,7 @@ impl Config {
             endpoints_auto_sync_interval: match get("endpoints-auto-sync-interval") {
                 None => Duration::from_secs(30),
                 Some("0") => Duration::ZERO,
-                Some(v) => go_duration(v).ok_or_else(|| {
+                Some(v) => parse_duration(v).ok_or_else(|| {
                     invalid(
                         "--endpoints-auto-sync-interval",
                         v,
@@ -786,35 +786,7 @@ fn listen_urls(flag: &str, v: &str) -> Result<Vec<ListenUrl>, ConfigError> {
 
 /// Go's duration syntax: "10m", "500ms", "1h30m", "2s".
 pub fn parse_duration(v: &str) -> Option<Duration> {
-    go_duration(v)
-}
-
-fn go_duration(v: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = v.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let n = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let num: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += Duration::from_secs_f64(num * unit);
-        rest = &rest[u..];
-    }
-    Some(total)
+    cairn_view::parse_duration(v)
 }
 
 fn default_socket(data_dir: &std::path::Path) -> PathBuf {

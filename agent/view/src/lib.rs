@@ -319,7 +319,9 @@ impl View {
     }
 }
 
-fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+/// A lazily connected channel to the agent at `endpoint` (`unix:/path` or
+/// a client URL), for the services that write through the etcd API.
+pub fn channel(endpoint: &str) -> anyhow::Result<Channel> {
     if let Some(path) = endpoint.strip_prefix("unix:") {
         let path = path.trim_start_matches("//").to_string();
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
@@ -592,6 +594,36 @@ impl Driver {
             }
         }
     }
+}
+
+/// Go's duration syntax, as etcd's flags and consul-template's config:
+/// "10m", "500ms", "1h30m", "2s".
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let num: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(num * unit);
+        rest = &rest[u..];
+    }
+    Some(total)
 }
 
 #[cfg(test)]

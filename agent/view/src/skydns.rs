@@ -36,6 +36,9 @@ pub struct Record {
     pub targetstrip: i32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub group: String,
+    /// cairn's service tags (CoreDNS ignores the field).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 fn is_zero(v: &u16) -> bool {
