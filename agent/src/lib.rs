@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod api;
+pub mod apps;
 pub mod auth;
 pub mod compactor;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod peer;
 pub mod prefix_stats;
 pub mod proxy_role;
 pub mod serve;
+pub mod service_cli;
 pub mod server;
 pub mod snapshot_cli;
 pub mod staleness;

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("snapshot") {
         return cairn_agent::snapshot_cli::main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some("service") {
+        return cairn_agent::service_cli::main(&args[2..]);
+    }
     if args.get(1).map(String::as_str) == Some("top") {
         return cairn_agent::top::main(&args[2..]);
     }
@@ -266,9 +269,10 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let apps = cairn_agent::apps::start(&cfg, stop_rx.clone()).await?;
     serve::spawn_listeners(
         &mut tasks,
-        || serve::routes(&api),
+        || serve::routes(&api, apps.router.clone()),
         tcp,
         client_tls,
         unix,
@@ -352,6 +356,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "lease checkpoint before stopping failed");
         }
     }
+    apps.shutdown().await;
     cairn_agent::server::hand_over_leadership(&server).await;
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };

@@ -45,10 +45,11 @@ pub async fn run(
         namespace = %cfg.namespace,
         "cairn started as a proxy"
     );
-    let http = router(proxy.clone(), cfg.enable_v2);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let apps = crate::apps::start(&cfg, stop_rx.clone()).await?;
+    let http = router(proxy.clone(), cfg.enable_v2).merge(apps.router.clone());
     let routes =
         || serve::service_routes(proxy.clone(), cfg.max_request_bytes as usize, http.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     serve::spawn_listeners(&mut tasks, routes, tcp, client_tls, unix, &stop_rx)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -58,6 +59,7 @@ pub async fn run(
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");
+    apps.shutdown().await;
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;

@@ -23,12 +23,13 @@ use crate::api::Api;
 use crate::limits;
 use authority::AuthorityRewriter;
 
-/// Every route of a member's client port: gRPC services first, HTTP after.
-pub fn routes(api: &Api) -> Routes {
+/// Every route of a member's client port: gRPC services first, HTTP after
+/// (the member's own, then `apps`: services, DNS and render status).
+pub fn routes(api: &Api, apps: axum::Router) -> Routes {
     service_routes(
         api.clone(),
         api.settings.max_request_bytes,
-        crate::http::router(api.clone()),
+        crate::http::router(api.clone()).merge(apps),
     )
 }
 

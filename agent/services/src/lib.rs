@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 mod check;
 pub mod http;
 
-pub use check::{Check, CheckKind};
+pub use check::{Check, CheckDef, CheckKind};
 
 /// A service as configured: a `[[service]]` block, or the JSON body of
 /// `PUT /v1/service/register`.
@@ -392,11 +392,6 @@ async fn run_service(
 ) {
     let key = service.key(&node);
     let value = serde_json::to_vec(&service.record()).expect("a record serializes");
-    let check_every = service
-        .check
-        .as_ref()
-        .map(|c| c.interval)
-        .unwrap_or(Duration::from_secs(3600));
     let renew_every = (service.ttl / 3).max(Duration::from_millis(300));
     let mut lease: Option<i64> = None;
     let mut passing = service.check.is_none();

@@ -1,0 +1,142 @@
+//! The applications' side of the agent: services registered under leases
+//! (`cairn-services`), DNS answered from keys (`dns.rs`, `cairn-dns`) and
+//! files rendered from keys (`render.rs`, `cairn-render`). Each reads its
+//! tables of the TOML `--config` (see [`crate::config::SECTIONS`]) and is
+//! a client of this agent's own etcd API (its local socket, or a plain
+//! client URL), never of raft: the same code runs on a voter, a learner and
+//! a proxy. They share one [`View`] (one watch stream for the agent).
+use std::path::PathBuf;
+
+use anyhow::Context;
+use axum::Router;
+use cairn_view::View;
+use tokio::sync::watch;
+
+use crate::config::{Config, ListenAddr};
+
+pub mod dns;
+pub mod render;
+
+/// What every application gets to start with.
+pub struct Ctx {
+    /// The agent's own etcd API: `unix:/path` or `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// The whole `--config` document (empty without one).
+    pub doc: toml::Table,
+    /// The directory relative paths of the config are taken from.
+    pub base_dir: PathBuf,
+    /// This host's name (`--name`).
+    pub node: String,
+    /// Turns true when the agent stops.
+    pub stop: watch::Receiver<bool>,
+    view: std::sync::OnceLock<View>,
+}
+
+impl Ctx {
+    /// The agent's one view, connected on first use.
+    pub fn view(&self) -> anyhow::Result<View> {
+        if let Some(v) = self.view.get() {
+            return Ok(v.clone());
+        }
+        let v = View::connect(&self.endpoint)?;
+        Ok(self.view.get_or_init(|| v).clone())
+    }
+}
+
+/// The running applications: their HTTP routes (merged into the client
+/// port's and the socket's) and what must happen when the agent stops.
+pub struct Apps {
+    pub router: Router,
+    services: Option<cairn_services::Registry>,
+}
+
+impl Apps {
+    /// Stops what must be undone before the agent goes: services revoke
+    /// their leases so their records vanish now, not a TTL later.
+    pub async fn shutdown(&self) {
+        if let Some(s) = &self.services {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// The endpoint the applications use to reach this agent: the local
+/// socket, else a plain client URL (a wildcard address becomes loopback).
+pub fn local_endpoint(cfg: &Config) -> Option<String> {
+    if let Some(p) = &cfg.socket {
+        return Some(format!("unix:{}", p.display()));
+    }
+    for u in &cfg.listen_client_urls {
+        match &u.addr {
+            ListenAddr::Unix(p) => return Some(format!("unix:{}", p.display())),
+            ListenAddr::Tcp(a) if !u.tls => {
+                let ip = if a.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    a.ip()
+                };
+                return Some(format!("http://{}", std::net::SocketAddr::new(ip, a.port())));
+            }
+            ListenAddr::Tcp(_) => {}
+        }
+    }
+    None
+}
+
+/// Reads the `--config` document for the applications' tables.
+pub fn read_doc(cfg: &Config) -> anyhow::Result<(toml::Table, PathBuf)> {
+    let Some(path) = &cfg.config_path else {
+        return Ok((toml::Table::new(), std::env::current_dir()?));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing the config {}", path.display()))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or(std::env::current_dir()?);
+    Ok((doc, base))
+}
+
+/// Starts every application the config asks for. An error (a bad table)
+/// stops the agent before it serves anything.
+pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<Apps> {
+    let (doc, base_dir) = read_doc(cfg)?;
+    let services = cairn_services::parse(&doc)?;
+    let wants_any = !services.is_empty()
+        || crate::config::SECTIONS
+            .iter()
+            .any(|s| *s != "service" && doc.contains_key(*s));
+    let endpoint = match local_endpoint(cfg) {
+        Some(e) => e,
+        None if wants_any => anyhow::bail!(
+            "[[service]], [dns] and [[template]] reach this agent through its local socket or a plain http client URL; give --socket"
+        ),
+        // Nothing configured: the service API still answers, registering
+        // would fail with a clear error.
+        None => "unix:/nonexistent/cairn.sock".to_string(),
+    };
+    let ctx = Ctx {
+        endpoint,
+        doc,
+        base_dir,
+        node: cfg.name.clone(),
+        stop,
+        view: std::sync::OnceLock::new(),
+    };
+    let registry = cairn_services::Registry::start(&ctx.endpoint, &ctx.node, services)
+        .context("[[service]]")?;
+    let mut router = cairn_services::http::router(registry.clone());
+    if let Some(r) = dns::start(&ctx).await.context("[dns]")? {
+        router = router.merge(r);
+    }
+    if let Some(r) = render::start(&ctx).await.context("[[template]]")? {
+        router = router.merge(r);
+    }
+    Ok(Apps {
+        router,
+        services: Some(registry),
+    })
+}
