@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         eprintln!("cairn: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = cairn_agent::apps::check(&cfg) {
+        eprintln!("cairn: {e:#}");
+        return ExitCode::from(2);
+    }
     init_tracing(&cfg.log_level, cfg.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -144,7 +144,11 @@ fn run(args: &[String]) -> anyhow::Result<String> {
             let (id, note) = match positional.as_slice() {
                 [id] => (id, String::new()),
                 [id, note] => (id, note.clone()),
-                _ => return Err(usage(format!("{verb} takes a service id and an optional note"))),
+                _ => {
+                    return Err(usage(format!(
+                        "{verb} takes a service id and an optional note"
+                    )));
+                }
             };
             expect_ok(request(
                 &agent,
@@ -198,7 +202,11 @@ fn def_from_flags(flags: &[(String, String)]) -> anyhow::Result<ServiceDef> {
             "check-ttl" => check.ttl = Some(v.clone()),
             "interval" => check.interval = Some(v.clone()),
             "timeout" => check.timeout = Some(v.clone()),
-            other => return Err(usage(format!("unknown flag --{other} for `service register`"))),
+            other => {
+                return Err(usage(format!(
+                    "unknown flag --{other} for `service register`"
+                )));
+            }
         }
     }
     if def.name.is_empty() {
@@ -358,8 +366,12 @@ mod tests {
         assert_eq!(d.port, 80);
         assert_eq!(d.tags, vec!["a", "b"]);
         assert_eq!(d.check.unwrap().ttl.as_deref(), Some("30s"));
-        let e = def_from_flags(&flags(&[("name", "web"), ("address", "x"), ("port", "99999")]))
-            .unwrap_err();
+        let e = def_from_flags(&flags(&[
+            ("name", "web"),
+            ("address", "x"),
+            ("port", "99999"),
+        ]))
+        .unwrap_err();
         assert!(e.to_string().contains("--port 99999"), "{e}");
         let e = def_from_flags(&flags(&[("name", "web"), ("adress", "x")])).unwrap_err();
         assert!(e.to_string().contains("--adress"), "{e}");

@@ -30,7 +30,10 @@ pub struct CheckDef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckKind {
     /// `host:port` and the request path of an `http://` URL.
-    Http { host: String, path: String },
+    Http {
+        host: String,
+        path: String,
+    },
     Tcp(String),
     Command(String),
     Ttl(Duration),
@@ -162,7 +165,10 @@ async fn command(cmd: &str) -> anyhow::Result<(bool, String)> {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     text.truncate(4096);
-    Ok((out.status.success(), format!("{}: {}", out.status, text.trim())))
+    Ok((
+        out.status.success(),
+        format!("{}: {}", out.status, text.trim()),
+    ))
 }
 
 #[cfg(test)]
@@ -180,7 +186,9 @@ mod tests {
             d.validate().unwrap()
         };
         assert!(def(|d| d.command = Some("true".into())).run().await.0);
-        let (ok, out) = def(|d| d.command = Some("echo broken; exit 2".into())).run().await;
+        let (ok, out) = def(|d| d.command = Some("echo broken; exit 2".into()))
+            .run()
+            .await;
         assert!(!ok && out.contains("broken"), "{out}");
         let (ok, out) = def(|d| {
             d.command = Some("sleep 5".into());
@@ -194,8 +202,9 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let tcp = def(|d| d.tcp = Some("127.0.0.1:1".into()));
         assert!(!tcp.run().await.0);
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut ok_tcp = tcp.clone();
-        ok_tcp.kind = CheckKind::Tcp(addr.clone());
+        ok_tcp.kind = CheckKind::Tcp(open.local_addr().unwrap().to_string());
         assert!(ok_tcp.run().await.0);
 
         // A tiny HTTP server answering 200 then 503.

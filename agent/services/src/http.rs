@@ -34,7 +34,8 @@ async fn list(State(reg): State<Registry>) -> Response {
 }
 
 async fn register(State(reg): State<Registry>, body: axum::body::Bytes) -> Response {
-    let def: ServiceDef = match serde_json::from_slice(&body) {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let def: ServiceDef = match serde_path_to_error::deserialize(&mut de) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad service: {e}")),
     };

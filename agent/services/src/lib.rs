@@ -118,7 +118,9 @@ impl ServiceDef {
             None => DEFAULT_TTL,
             Some(t) => cairn_view::parse_duration(t)
                 .filter(|d| d.as_secs() >= 1)
-                .ok_or_else(|| anyhow::anyhow!("{what}: ttl {t:?} is not a duration of at least 1s"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{what}: ttl {t:?} is not a duration of at least 1s")
+                })?,
         };
         let check = match &self.check {
             None => None,
@@ -138,15 +140,26 @@ pub fn parse(doc: &toml::Table) -> anyhow::Result<Vec<Service>> {
     let Some(v) = doc.get("service") else {
         return Ok(Vec::new());
     };
-    let defs: Vec<ServiceDef> = v
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("[[service]]: {}", e.message()))?;
+    // Deserialized from text, so that an error shows the offending line
+    // (a `Value` carries no positions).
+    #[derive(Deserialize)]
+    struct Blocks {
+        service: Vec<ServiceDef>,
+    }
+    let mut only = toml::Table::new();
+    only.insert("service".into(), v.clone());
+    let text = toml::to_string(&only).context("[[service]]")?;
+    let defs = toml::from_str::<Blocks>(&text)
+        .map_err(|e| anyhow::anyhow!("[[service]]: {}", e.to_string().trim_end()))?
+        .service;
     let mut out: Vec<Service> = Vec::new();
     for d in defs {
         let s = d.validate()?;
         if out.iter().any(|o| o.id == s.id) {
-            bail!("[[service]]: two services with id {:?} (give one an id)", s.id);
+            bail!(
+                "[[service]]: two services with id {:?} (give one an id)",
+                s.id
+            );
         }
         out.push(s);
     }
@@ -168,7 +181,10 @@ impl Service {
             .collect();
         format!(
             "{}/{}-{}",
-            skydns::key_of(&self.def.path, &format!("{}.{}", self.def.name, self.def.domain)),
+            skydns::key_of(
+                &self.def.path,
+                &format!("{}.{}", self.def.name, self.def.domain)
+            ),
             node,
             self.id.to_ascii_lowercase()
         )
@@ -301,7 +317,10 @@ impl Registry {
         let Some(r) = running.get(id) else {
             return Err(format!("no service {id:?} on this agent"));
         };
-        if !matches!(r.service.check.as_ref().map(|c| &c.kind), Some(CheckKind::Ttl(_))) {
+        if !matches!(
+            r.service.check.as_ref().map(|c| &c.kind),
+            Some(CheckKind::Ttl(_))
+        ) {
             return Err(format!("service {id:?} has no ttl check"));
         }
         let _ = r.reports.send(Some(Report {
@@ -483,7 +502,12 @@ async fn run_service(
     }
 }
 
-async fn register(channel: &Channel, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<i64> {
+async fn register(
+    channel: &Channel,
+    key: &str,
+    value: &[u8],
+    ttl: Duration,
+) -> anyhow::Result<i64> {
     let lease = grant(channel, ttl).await?;
     KvClient::new(channel.clone())
         .put(PutRequest {
@@ -507,8 +531,7 @@ mod tests {
 
     #[test]
     fn parses_blocks_with_defaults() {
-        let s = parse(&doc(
-            r#"
+        let s = parse(&doc(r#"
 name = "ignored"
 [[service]]
 name = "web"
@@ -522,8 +545,7 @@ id = "web2"
 address = "10.0.0.6"
 ttl = "30s"
 check = { ttl = "5s" }
-"#,
-        ))
+"#))
         .unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].id, "web");
@@ -534,17 +556,32 @@ check = { ttl = "5s" }
         let r = s[0].record();
         assert_eq!((r.host.as_str(), r.port, r.ttl), ("10.0.0.5", 8080, 10));
         assert_eq!(r.tags, vec!["v1".to_string()]);
-        assert!(matches!(s[1].check.as_ref().unwrap().kind, CheckKind::Ttl(_)));
+        assert!(matches!(
+            s[1].check.as_ref().unwrap().kind,
+            CheckKind::Ttl(_)
+        ));
     }
 
     #[test]
     fn bad_blocks_name_the_problem() {
         let cases = [
             ("[[service]]\nname = \"web\"", "address"),
-            ("[[service]]\nname = \"a.b\"\naddress = \"x\"", "one DNS label"),
-            ("[[service]]\nname = \"web\"\naddress = \"x\"\nport = 70000", "port"),
-            ("[[service]]\nname = \"web\"\naddress = \"x\"\nprot = 1", "prot"),
-            ("[[service]]\nname = \"web\"\naddress = \"x\"\nttl = \"soon\"", "ttl"),
+            (
+                "[[service]]\nname = \"a.b\"\naddress = \"x\"",
+                "one DNS label",
+            ),
+            (
+                "[[service]]\nname = \"web\"\naddress = \"x\"\nport = 70000",
+                "port",
+            ),
+            (
+                "[[service]]\nname = \"web\"\naddress = \"x\"\nprot = 1",
+                "prot",
+            ),
+            (
+                "[[service]]\nname = \"web\"\naddress = \"x\"\nttl = \"soon\"",
+                "ttl",
+            ),
             (
                 "[[service]]\nname = \"web\"\naddress = \"x\"\n[[service]]\nname = \"web\"\naddress = \"y\"",
                 "two services",

@@ -75,7 +75,10 @@ pub fn local_endpoint(cfg: &Config) -> Option<String> {
                 } else {
                     a.ip()
                 };
-                return Some(format!("http://{}", std::net::SocketAddr::new(ip, a.port())));
+                return Some(format!(
+                    "http://{}",
+                    std::net::SocketAddr::new(ip, a.port())
+                ));
             }
             ListenAddr::Tcp(_) => {}
         }
@@ -98,6 +101,15 @@ pub fn read_doc(cfg: &Config) -> anyhow::Result<(toml::Table, PathBuf)> {
         .map(PathBuf::from)
         .unwrap_or(std::env::current_dir()?);
     Ok((doc, base))
+}
+
+/// Checks the applications' tables before the agent touches anything (a
+/// bad `[[service]]`, `[dns]` or `[[template]]` stops it at once, naming
+/// the problem).
+pub fn check(cfg: &Config) -> anyhow::Result<()> {
+    let (doc, _) = read_doc(cfg)?;
+    cairn_services::parse(&doc)?;
+    Ok(())
 }
 
 /// Starts every application the config asks for. An error (a bad table)

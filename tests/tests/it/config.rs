@@ -15,7 +15,7 @@ use cairn_tests::{
 
 /// Runs the subject's binary with `args` and expects it to exit by itself
 /// with a failure; returns its combined output.
-fn run_expect_failure(args: &[String], envs: &[(&str, &str)]) -> String {
+pub(crate) fn run_expect_failure(args: &[String], envs: &[(&str, &str)]) -> String {
     let kind = subject_kind();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("out.log");

@@ -28,6 +28,7 @@ mod lock;
 mod maintenance;
 mod pki;
 mod roles;
+mod services;
 mod snapshot;
 mod tenants;
 mod tls;
