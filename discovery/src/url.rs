@@ -24,12 +24,7 @@ impl UrlRegistry {
     pub fn new(url: &str) -> Result<Self, DiscoveryError> {
         let u = url::Url::parse(url).map_err(|_| DiscoveryError::InvalidUrl)?;
         match u.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(DiscoveryError::Other(format!(
-                    "{url}: https discovery URLs are not supported yet; use an http URL"
-                )));
-            }
+            "http" | "https" => {}
             _ => return Err(DiscoveryError::InvalidUrl),
         }
         if u.host_str().is_none() || u.path().trim_matches('/').is_empty() {

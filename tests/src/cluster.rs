@@ -22,6 +22,8 @@ pub struct Member {
     pub token: Option<String>,
     /// Flags of this member only (its certificate, say).
     pub extra_args: Vec<String>,
+    /// Environment variables of this member's process only.
+    pub env: Vec<(String, String)>,
     /// Where the member really listens for peers when a relay stands in
     /// front of it (`peer_port` is then the relay's).
     pub listen_peer_port: Option<u16>,
@@ -133,6 +135,7 @@ impl Cluster {
             peer_port,
             token: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
             listen_peer_port: None,
             child: None,
         });
@@ -233,6 +236,7 @@ impl Cluster {
             .expect("open member log");
         let child = Command::new(bin)
             .args(args)
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("dup")))
             .stderr(Stdio::from(log))

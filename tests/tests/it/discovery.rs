@@ -450,3 +450,181 @@ async fn dns_srv_without_records_is_a_clear_error() {
         "{log}"
     );
 }
+
+/// Starts member `i` with https peer URLs (a certificate the agent makes
+/// itself) and `bootstrap` flags in place of `--initial-cluster`.
+fn launch_https_peers(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
+    let m = &c.members[i];
+    let peer = format!("https://127.0.0.1:{}", m.peer_port);
+    let mut args: Vec<String> = [
+        "--name",
+        &m.name,
+        "--data-dir",
+        &m.data_dir.display().to_string(),
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--listen-peer-urls",
+        &peer,
+        "--peer-auto-tls",
+        "--listen-client-urls",
+        &m.client_url(),
+        "--advertise-client-urls",
+        &m.client_url(),
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(bootstrap.iter().map(|s| s.to_string()));
+    c.launch(i, args);
+}
+
+/// `_etcd-server-ssl._tcp` records give https peer URLs; the members find
+/// themselves among them and form the cluster over them.
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_srv_ssl_records_give_https_peer_urls() {
+    use cairn_tests::dns::{DnsServer, Record};
+    if !cairn_only() {
+        return;
+    }
+    let mut c = Cluster::prepare(Kind::Cairn, 3, &[]);
+    let mut records = std::collections::HashMap::new();
+    records.insert(
+        "_etcd-server-ssl._tcp.ssl.test.".to_string(),
+        c.members
+            .iter()
+            .map(|m| Record::Srv {
+                port: m.peer_port,
+                target: "127.0.0.1.".into(),
+            })
+            .collect(),
+    );
+    let dns = DnsServer::start(records);
+    let ns = dns.addr().to_string();
+    let flags = [
+        "--discovery-srv",
+        "ssl.test",
+        "--discovery-srv-nameserver",
+        ns.as_str(),
+        "--initial-cluster-token",
+        "srv-ssl-test",
+    ];
+    for i in 0..3 {
+        launch_https_peers(&mut c, i, &flags);
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let mut client = c.client(0).await;
+    let list = client.member_list().await.unwrap();
+    let mut peers: Vec<String> = list
+        .members()
+        .iter()
+        .flat_map(|m| m.peer_urls().to_vec())
+        .collect();
+    peers.sort();
+    let mut want: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("https://127.0.0.1:{}", m.peer_port))
+        .collect();
+    want.sort();
+    assert_eq!(peers, want);
+    // A write through one member is read on another: they replicate over
+    // the https peer URLs.
+    client.put("over-ssl-srv", "1", None).await.unwrap();
+    let mut other = c.client(2).await;
+    eventually("replicated", Duration::from_secs(10), || {
+        let mut o = other.clone();
+        async move {
+            let r = o
+                .get(
+                    "over-ssl-srv",
+                    Some(etcd_client::GetOptions::new().with_serializable()),
+                )
+                .await
+                .ok()?;
+            (r.kvs().len() == 1).then_some(())
+        }
+    })
+    .await;
+    let _ = &mut other;
+}
+
+/// An https discovery URL, verified against the CA in `SSL_CERT_FILE` (as
+/// Go's etcd does); without that CA the certificate is refused, by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_discovery_url() {
+    if !cairn_only() {
+        return;
+    }
+    let pki = crate::pki::Pki::new("discovery");
+    let (cert, key) = pki.member("discovery");
+    // The discovery service: one member serving plain and https client URLs.
+    let mut svc = Cluster::prepare(Kind::Cairn, 1, &[]);
+    let https_port = cairn_tests::free_port();
+    let https = format!("https://127.0.0.1:{https_port}");
+    let m = &svc.members[0];
+    let both = format!("{},{https}", m.client_url());
+    let peer = m.peer_url();
+    let args: Vec<String> = [
+        "--name",
+        &m.name,
+        "--data-dir",
+        &m.data_dir.display().to_string(),
+        "--listen-client-urls",
+        &both,
+        "--advertise-client-urls",
+        &both,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("{}={peer}", m.name),
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    svc.launch(0, args);
+    svc.wait_ready(0).await;
+    let plain = svc.members[0].client_url();
+    let url = discovery_new(&["--size", "3", "--endpoints", &plain]).replace(&plain, &https);
+    assert!(url.starts_with("https://"), "{url}");
+
+    let ca = pki.ca_path.display().to_string();
+    let mut c = Cluster::prepare(Kind::Cairn, 4, &[]);
+    for i in 0..3 {
+        c.members[i].env = vec![("SSL_CERT_FILE".into(), ca.clone())];
+        launch(&mut c, i, &["--discovery", &url]);
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    assert_eq!(
+        members(&c, 0).await,
+        voters(&["infra0", "infra1", "infra2"])
+    );
+    // With another CA the discovery service's certificate is refused, and
+    // the log says so.
+    let other = crate::pki::Pki::new("other");
+    c.members[3].env = vec![("SSL_CERT_FILE".into(), other.ca_path.display().to_string())];
+    launch(&mut c, 3, &["--discovery", &url]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.log(3).contains("invalid peer certificate") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal is not logged:\n{}",
+            c.log(3)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill9(3);
+}
