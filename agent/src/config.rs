@@ -53,6 +53,9 @@ pub struct Config {
     /// The cluster's client URLs (`--endpoints`): a learner adds itself
     /// through them, a proxy forwards to them.
     pub endpoints: Vec<String>,
+    /// TLS to `https://` endpoints (etcd grpc-proxy's `--cacert`, `--cert`,
+    /// `--key`), read when the config is.
+    pub endpoints_tls: cairn_proxy::tls::ClientTls,
     /// `--max-learners` (etcd 3.6: `--experimental-max-learners`, default 1;
     /// cairn's default 16).
     pub max_learners: usize,
@@ -191,6 +194,9 @@ const VALUE_FLAGS: &[&str] = &[
     "config",
     "role",
     "endpoints",
+    "cacert",
+    "cert",
+    "key",
     "max-learners",
     "experimental-max-learners",
     "socket-mode",
@@ -467,6 +473,30 @@ impl Config {
             },
             role,
             endpoints: list(get("endpoints").unwrap_or("")),
+            endpoints_tls: {
+                let file = |f: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+                    match get(f).filter(|v| !v.is_empty()) {
+                        None => Ok(None),
+                        Some(p) => std::fs::read(p)
+                            .map(Some)
+                            .map_err(|e| invalid(&format!("--{f}"), p, &e.to_string())),
+                    }
+                };
+                let identity = match (file("cert")?, file("key")?) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(invalid("--cert", get("cert").unwrap_or(""), "needs --key"));
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid("--key", get("key").unwrap_or(""), "needs --cert"));
+                    }
+                };
+                cairn_proxy::tls::ClientTls {
+                    ca_pem: file("cacert")?,
+                    identity,
+                }
+            },
             max_learners: match get("max-learners") {
                 Some(_) => num(s, "max-learners", 16)?,
                 None => num(s, "experimental-max-learners", 16)?,

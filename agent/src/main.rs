@@ -223,6 +223,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
         } else {
             Vec::new()
         },
+        add_self_tls: cfg.endpoints_tls.clone(),
         auth_token: cfg.auth_token.clone(),
         auth_token_ttl: cfg.auth_token_ttl,
         bcrypt_cost: cfg.bcrypt_cost,

@@ -28,6 +28,7 @@ pub fn proxy_config(cfg: &Config) -> ProxyConfig {
         cache_entries: cfg.proxy_cache_entries,
         max_stale: cfg.max_stale,
         refresh_interval: cfg.endpoints_auto_sync_interval,
+        tls: cfg.endpoints_tls.clone(),
         ..ProxyConfig::default()
     }
 }

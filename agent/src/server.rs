@@ -52,6 +52,8 @@ pub struct NodeSettings {
     /// A learner that has no data yet adds itself to the cluster through
     /// these client URLs (`--role learner --endpoints ...`).
     pub add_self_via: Vec<String>,
+    /// TLS to `https://` URLs of `add_self_via` (`--cacert`, `--cert`, `--key`).
+    pub add_self_tls: cairn_proxy::tls::ClientTls,
     /// `--auth-token` (validated by the config).
     pub auth_token: String,
     /// `--auth-token-ttl`.
@@ -101,6 +103,7 @@ impl NodeSettings {
             max_stale: None,
             max_learners: 0,
             add_self_via: Vec::new(),
+            add_self_tls: Default::default(),
             auth_token: "simple".into(),
             auth_token_ttl: Duration::ZERO,
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
@@ -635,9 +638,9 @@ async fn add_self_as_learner(s: &NodeSettings) -> Result<Vec<(String, String)>, 
             } else {
                 format!("http://{url}")
             };
-            let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
-                Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).connect().await,
-                Err(e) => return Err(StartError::Join(format!("--endpoints {url}: {e}"))),
+            let channel = match s.add_self_tls.endpoint(&url, Duration::from_secs(2)) {
+                Ok(ep) => ep.connect().await,
+                Err(e) => return Err(StartError::Join(format!("--endpoints {url}: {e:#}"))),
             };
             let mut client = match channel {
                 Ok(c) => ClusterClient::new(c),

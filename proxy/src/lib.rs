@@ -25,6 +25,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod namespace;
+pub mod tls;
 pub mod upstream;
 mod watch;
 
@@ -51,6 +52,8 @@ pub struct ProxyConfig {
     /// How often the endpoint list is refreshed from `MemberList` (zero:
     /// never).
     pub refresh_interval: Duration,
+    /// TLS for `https://` endpoints.
+    pub tls: tls::ClientTls,
 }
 
 impl Default for ProxyConfig {
@@ -63,6 +66,7 @@ impl Default for ProxyConfig {
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(30),
+            tls: tls::ClientTls::default(),
         }
     }
 }
@@ -113,7 +117,8 @@ impl Proxy {
     /// watch and the endpoint refresh). Fails only on malformed endpoints;
     /// unreachable endpoints are retried per request.
     pub fn new(config: ProxyConfig) -> anyhow::Result<Proxy> {
-        let upstream = upstream::Upstream::new(&config.endpoints, config.dial_timeout)?;
+        let upstream =
+            upstream::Upstream::new(&config.endpoints, config.dial_timeout, config.tls.clone())?;
         let ns = namespace::Namespace::new(config.namespace.clone());
         let stats = Arc::new(Stats::default());
         let cache = cache::Cache::new(&config, upstream.clone(), ns.clone(), stats.clone());

@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::ClientTls;
 
 /// A handle on the endpoint pool; cheap to clone.
 #[derive(Clone)]
@@ -13,6 +14,7 @@ pub struct Upstream(Arc<Mutex<State>>);
 
 struct State {
     dial_timeout: Duration,
+    tls: ClientTls,
     endpoints: Vec<(String, Channel)>,
     current: usize,
 }
@@ -33,10 +35,9 @@ fn normalize(url: &str) -> String {
     }
 }
 
-fn channel(url: &str, dial_timeout: Duration) -> anyhow::Result<Channel> {
-    let ep = Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid endpoint {url:?}"))?
-        .connect_timeout(dial_timeout)
+fn channel(url: &str, dial_timeout: Duration, tls: &ClientTls) -> anyhow::Result<Channel> {
+    let ep = tls
+        .endpoint(url, dial_timeout)?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -45,21 +46,23 @@ fn channel(url: &str, dial_timeout: Duration) -> anyhow::Result<Channel> {
 }
 
 impl Upstream {
-    pub fn new(urls: &[String], dial_timeout: Duration) -> anyhow::Result<Upstream> {
+    pub fn new(
+        urls: &[String],
+        dial_timeout: Duration,
+        tls: ClientTls,
+    ) -> anyhow::Result<Upstream> {
         if urls.is_empty() {
             anyhow::bail!("the proxy needs at least one cluster endpoint (--endpoints)");
         }
         let mut endpoints = Vec::new();
         for u in urls {
             let u = normalize(u);
-            if u.starts_with("https://") {
-                anyhow::bail!("endpoint {u}: TLS to the cluster is not supported yet");
-            }
-            let c = channel(&u, dial_timeout)?;
+            let c = channel(&u, dial_timeout, &tls)?;
             endpoints.push((u, c));
         }
         Ok(Upstream(Arc::new(Mutex::new(State {
             dial_timeout,
+            tls,
             endpoints,
             current: 0,
         }))))
@@ -122,7 +125,7 @@ impl Upstream {
             }
             if let Some((_, c)) = s.endpoints.iter().find(|(x, _)| *x == u) {
                 next.push((u, c.clone()));
-            } else if let Ok(c) = channel(&u, s.dial_timeout) {
+            } else if let Ok(c) = channel(&u, s.dial_timeout, &s.tls) {
                 next.push((u, c));
             }
         }

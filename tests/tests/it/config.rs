@@ -391,6 +391,25 @@ fn bad_role_settings_are_refused_with_the_setting_named() {
     assert!(out.contains("cairn.toml"), "{out}");
     let out = run_expect_failure(&["--socket-mode".into(), "999".into()], &[]);
     assert!(out.contains("--socket-mode"), "{out}");
+    // TLS to the cluster: a missing file, a certificate without its key.
+    let proxy = |extra: &[&str]| -> Vec<String> {
+        ["--role", "proxy", "--endpoints", "https://127.0.0.1:2379"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let out = run_expect_failure(&proxy(&["--cacert", "/nonexistent/ca.pem"]), &[]);
+    assert!(
+        out.contains("--cacert") && out.contains("/nonexistent/ca.pem"),
+        "{out}"
+    );
+    let cert = path.display().to_string();
+    let out = run_expect_failure(&proxy(&["--cert", &cert]), &[]);
+    assert!(
+        out.contains("--cert") && out.contains("needs --key"),
+        "{out}"
+    );
 }
 
 #[test]

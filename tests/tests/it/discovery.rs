@@ -628,3 +628,123 @@ async fn https_discovery_url() {
     }
     c.kill9(3);
 }
+
+/// `_etcd-client-ssl._tcp` records give https client URLs: a learner adds
+/// itself and a proxy forwards through them, verifying the members'
+/// certificates against `--cacert` (etcd grpc-proxy's flag).
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_srv_ssl_client_records_for_a_learner_and_a_proxy() {
+    use cairn_tests::dns::{DnsServer, Record};
+    if !cairn_only() {
+        return;
+    }
+    let pki = crate::pki::Pki::new("clients");
+    let mut c = Cluster::prepare(Kind::Cairn, 5, &[]);
+    let https_ports: Vec<u16> = (0..3).map(|_| cairn_tests::free_port()).collect();
+    let srv = |ports: Vec<u16>| -> Vec<Record> {
+        ports
+            .into_iter()
+            .map(|port| Record::Srv {
+                port,
+                target: "127.0.0.1.".into(),
+            })
+            .collect()
+    };
+    let mut records = std::collections::HashMap::new();
+    records.insert(
+        "_etcd-server._tcp.tls.test.".to_string(),
+        srv(c.members[..3].iter().map(|m| m.peer_port).collect()),
+    );
+    records.insert(
+        "_etcd-client-ssl._tcp.tls.test.".to_string(),
+        srv(https_ports.clone()),
+    );
+    let dns = DnsServer::start(records);
+    let ns = dns.addr().to_string();
+    let flags = [
+        "--discovery-srv",
+        "tls.test",
+        "--discovery-srv-nameserver",
+        ns.as_str(),
+        "--initial-cluster-token",
+        "srv-client-ssl",
+    ];
+    // The voters serve their client API over http (for the test's probes)
+    // and https (the port the SRV records name).
+    for (i, port) in https_ports.iter().enumerate() {
+        let (cert, key) = pki.member(&format!("voter{i}"));
+        let m = &c.members[i];
+        let urls = format!("{},https://127.0.0.1:{port}", m.client_url());
+        let args: Vec<String> = [
+            "--name",
+            &m.name,
+            "--data-dir",
+            &m.data_dir.display().to_string(),
+            "--initial-advertise-peer-urls",
+            &m.peer_url(),
+            "--listen-peer-urls",
+            &m.peer_url(),
+            "--listen-client-urls",
+            &urls,
+            "--advertise-client-urls",
+            &urls,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(flags.iter().map(|s| s.to_string()))
+        .collect();
+        c.launch(i, args);
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let ca = pki.ca_path.display().to_string();
+    let mut learner = flags.to_vec();
+    learner.extend(["--discovery-fallback", "learner", "--cacert", &ca]);
+    launch(&mut c, 3, &learner);
+    c.wait_ready(3).await;
+    eventually("the learner listed", Duration::from_secs(10), || {
+        let c = &c;
+        async move {
+            members(c, 0)
+                .await
+                .contains(&("infra3".to_string(), true))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        c.log(3).lines().any(
+            |l| l.contains("added this host to the cluster as a learner")
+                && l.contains("https://127.0.0.1:")
+        ),
+        "the learner must add itself through an https client URL: {}",
+        c.log(3)
+    );
+    let mut proxy = flags.to_vec();
+    proxy.extend(["--role", "proxy", "--cacert", &ca]);
+    launch(&mut c, 4, &proxy);
+    c.wait_ready(4).await;
+    let mut p = c.client(4).await;
+    p.put("via-ssl-proxy", "1", None).await.unwrap();
+    let started = c
+        .log(4)
+        .lines()
+        .find(|l| l.contains("cairn started as a proxy"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        https_ports
+            .iter()
+            .any(|port| started.contains(&format!("https://127.0.0.1:{port}"))),
+        "the proxy must start on the https client URLs: {started}"
+    );
+}
