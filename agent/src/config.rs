@@ -55,7 +55,7 @@ pub struct Config {
     pub endpoints: Vec<String>,
     /// TLS to `https://` endpoints (etcd grpc-proxy's `--cacert`, `--cert`,
     /// `--key`), read when the config is.
-    pub endpoints_tls: cairn_proxy::tls::ClientTls,
+    pub endpoints_tls: cairn_discovery::tls::ClientTls,
     /// `--max-learners` (etcd 3.6: `--experimental-max-learners`, default 1;
     /// cairn's default 16).
     pub max_learners: usize,
@@ -223,6 +223,9 @@ const VALUE_FLAGS: &[&str] = &[
     "discovery-proxy",
     "discovery-token",
     "discovery-endpoints",
+    "discovery-cacert",
+    "discovery-cert",
+    "discovery-key",
     "discovery-srv",
     "discovery-srv-name",
     "discovery-srv-nameserver",
@@ -473,30 +476,7 @@ impl Config {
             },
             role,
             endpoints: list(get("endpoints").unwrap_or("")),
-            endpoints_tls: {
-                let file = |f: &str| -> Result<Option<Vec<u8>>, ConfigError> {
-                    match get(f).filter(|v| !v.is_empty()) {
-                        None => Ok(None),
-                        Some(p) => std::fs::read(p)
-                            .map(Some)
-                            .map_err(|e| invalid(&format!("--{f}"), p, &e.to_string())),
-                    }
-                };
-                let identity = match (file("cert")?, file("key")?) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    (Some(_), None) => {
-                        return Err(invalid("--cert", get("cert").unwrap_or(""), "needs --key"));
-                    }
-                    (None, Some(_)) => {
-                        return Err(invalid("--key", get("key").unwrap_or(""), "needs --cert"));
-                    }
-                };
-                cairn_proxy::tls::ClientTls {
-                    ca_pem: file("cacert")?,
-                    identity,
-                }
-            },
+            endpoints_tls: client_tls(s, "cacert", "cert", "key")?,
             max_learners: match get("max-learners") {
                 Some(_) => num(s, "max-learners", 16)?,
                 None => num(s, "experimental-max-learners", 16)?,
@@ -729,6 +709,48 @@ fn invalid(setting: &str, value: &str, why: &str) -> ConfigError {
         value: value.into(),
         why: why.into(),
     }
+}
+
+/// TLS as a client of a cluster from three file flags (`--cacert`,
+/// `--cert`, `--key`, or `--discovery-cacert`, ...), read now so that a
+/// missing file is named at start.
+fn client_tls(
+    s: &HashMap<String, String>,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> Result<cairn_discovery::tls::ClientTls, ConfigError> {
+    let get = |k: &str| s.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let file = |f: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+        match get(f) {
+            None => Ok(None),
+            Some(p) => std::fs::read(p)
+                .map(Some)
+                .map_err(|e| invalid(&format!("--{f}"), p, &e.to_string())),
+        }
+    };
+    let identity = match (file(cert)?, file(key)?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                &format!("--{cert}"),
+                get(cert).unwrap_or(""),
+                &format!("needs --{key}"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                &format!("--{key}"),
+                get(key).unwrap_or(""),
+                &format!("needs --{cert}"),
+            ));
+        }
+    };
+    Ok(cairn_discovery::tls::ClientTls {
+        ca_pem: file(ca)?,
+        identity,
+    })
 }
 
 fn boolean(s: &HashMap<String, String>, k: &str, default: bool) -> Result<bool, ConfigError> {
@@ -983,6 +1005,7 @@ fn discovery(s: &HashMap<String, String>) -> Result<Option<cairn_discovery::Meth
             cairn_discovery::Method::V3 {
                 token: t.to_string(),
                 endpoints,
+                tls: client_tls(s, "discovery-cacert", "discovery-cert", "discovery-key")?,
             }
         }
         (None, None) => return Ok(None),

@@ -112,9 +112,13 @@ fn parse(args: &[String]) -> Result<Option<New>, String> {
 impl New {
     async fn run(&self) -> Result<String, cairn_discovery::DiscoveryError> {
         if self.v3 {
-            cairn_discovery::v3::V3Registry::new(&self.token, &self.endpoints)?
-                .create(self.size)
-                .await?;
+            cairn_discovery::v3::V3Registry::new(
+                &self.token,
+                &self.endpoints,
+                cairn_discovery::tls::ClientTls::default(),
+            )?
+            .create(self.size)
+            .await?;
             return Ok(self.token.clone());
         }
         let mut last = None;

@@ -14,6 +14,8 @@ pub enum Method {
     V3 {
         token: String,
         endpoints: Vec<String>,
+        /// TLS to `https://` endpoints (`--discovery-cacert`, ...).
+        tls: crate::tls::ClientTls,
     },
     /// `--discovery-srv` (with `--discovery-srv-name`).
     Srv(crate::srv::Srv),
@@ -49,8 +51,12 @@ impl Bootstrap {
     pub async fn run(&self, member_id: &str) -> Result<Decision, DiscoveryError> {
         match &self.method {
             Method::Url(u) => self.with(&UrlRegistry::new(u)?, member_id).await,
-            Method::V3 { token, endpoints } => {
-                self.with(&V3Registry::new(token, endpoints)?, member_id)
+            Method::V3 {
+                token,
+                endpoints,
+                tls,
+            } => {
+                self.with(&V3Registry::new(token, endpoints, tls.clone())?, member_id)
                     .await
             }
             Method::Srv(srv) => self.srv(srv).await,

@@ -10,6 +10,7 @@ pub mod http_client;
 pub mod registry;
 pub mod role;
 pub mod srv;
+pub mod tls;
 pub mod url;
 pub mod v2;
 pub mod v3;

@@ -25,6 +25,7 @@ const PREFIX: &str = "/_etcd/registry";
 pub struct V3Registry {
     token: String,
     endpoints: Vec<String>,
+    tls: crate::tls::ClientTls,
 }
 
 fn prefix_end(p: &[u8]) -> Vec<u8> {
@@ -40,7 +41,11 @@ fn unreachable(e: impl std::fmt::Display) -> DiscoveryError {
 }
 
 impl V3Registry {
-    pub fn new(token: &str, endpoints: &[String]) -> Result<Self, DiscoveryError> {
+    pub fn new(
+        token: &str,
+        endpoints: &[String],
+        tls: crate::tls::ClientTls,
+    ) -> Result<Self, DiscoveryError> {
         if token.is_empty() || token.contains('/') {
             return Err(DiscoveryError::Other(format!(
                 "--discovery-token {token:?}: must be a non-empty name without '/'"
@@ -54,6 +59,7 @@ impl V3Registry {
         Ok(V3Registry {
             token: token.to_string(),
             endpoints: endpoints.to_vec(),
+            tls,
         })
     }
 
@@ -64,9 +70,10 @@ impl V3Registry {
     async fn channel(&self) -> Result<Channel, DiscoveryError> {
         let mut last = String::new();
         for ep in &self.endpoints {
-            let conn = Channel::from_shared(ep.clone())
-                .map_err(|e| DiscoveryError::Other(format!("{ep}: {e}")))?
-                .connect_timeout(Duration::from_secs(3))
+            let conn = self
+                .tls
+                .endpoint(ep, Duration::from_secs(3))
+                .map_err(|e| DiscoveryError::Other(format!("{ep}: {e:#}")))?
                 .timeout(Duration::from_secs(10))
                 .connect()
                 .await;

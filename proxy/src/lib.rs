@@ -25,7 +25,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod namespace;
-pub mod tls;
+pub use cairn_discovery::tls;
 pub mod upstream;
 mod watch;
 

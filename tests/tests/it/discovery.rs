@@ -612,6 +612,25 @@ async fn https_discovery_url() {
         members(&c, 0).await,
         voters(&["infra0", "infra1", "infra2"])
     );
+    // v3 discovery (etcd 3.6's --discovery-token) over the https
+    // endpoint, verified with --discovery-cacert.
+    let token = discovery_new(&["--v3", "--size", "1", "--endpoints", &plain]);
+    let mut single = Cluster::prepare(Kind::Cairn, 1, &[]);
+    launch(
+        &mut single,
+        0,
+        &[
+            "--discovery-token",
+            &token,
+            "--discovery-endpoints",
+            &https,
+            "--discovery-cacert",
+            &ca,
+        ],
+    );
+    single.wait_ready(0).await;
+    assert_eq!(members(&single, 0).await, voters(&["infra0"]));
+
     // With another CA the discovery service's certificate is refused, and
     // the log says so.
     let other = crate::pki::Pki::new("other");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientTls {
     /// PEM CA certificates the cluster's server certificates must chain to.
     pub ca_pem: Option<Vec<u8>>,
