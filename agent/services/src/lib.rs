@@ -238,6 +238,9 @@ pub struct Registry {
     channel: Channel,
     node: String,
     running: Arc<Mutex<BTreeMap<String, Running>>>,
+    /// The ids that came from the config file (a reload replaces these and
+    /// leaves those registered through the API alone).
+    from_config: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// One service as listed by `GET /v1/services`.
@@ -260,11 +263,45 @@ impl Registry {
             channel: cairn_view::channel(endpoint)?,
             node: node.to_string(),
             running: Arc::new(Mutex::new(BTreeMap::new())),
+            from_config: Arc::default(),
         };
         for s in services {
+            reg.from_config.lock().unwrap().insert(s.id.clone());
             reg.register(s)?;
         }
         Ok(reg)
+    }
+
+    /// A reloaded config's services: new ones start, changed ones restart,
+    /// those no longer configured stop (their records go now). Services
+    /// registered through the API are left alone. Returns (started,
+    /// stopped) ids.
+    pub async fn reload(&self, services: Vec<Service>) -> (Vec<String>, Vec<String>) {
+        let old: Vec<String> = self.from_config.lock().unwrap().iter().cloned().collect();
+        let mut stopped = Vec::new();
+        for id in &old {
+            if !services.iter().any(|s| &s.id == id) {
+                self.deregister(id).await;
+                stopped.push(id.clone());
+            }
+        }
+        let mut started = Vec::new();
+        for s in services {
+            let same = self
+                .running
+                .lock()
+                .unwrap()
+                .get(&s.id)
+                .is_some_and(|r| r.service.def == s.def);
+            if !same {
+                started.push(s.id.clone());
+                let _ = self.register(s);
+            }
+        }
+        let mut ids = self.from_config.lock().unwrap();
+        ids.retain(|id| !stopped.contains(id));
+        ids.extend(started.iter().cloned());
+        (started, stopped)
     }
 
     /// Starts (or replaces) a service.

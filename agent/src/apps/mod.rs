@@ -140,6 +140,11 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     };
     let registry = cairn_services::Registry::start(&ctx.endpoint, &ctx.node, services)
         .context("[[service]]")?;
+    tokio::spawn(reload_services_on_sighup(
+        cfg.config_path.clone(),
+        registry.clone(),
+        ctx.stop.clone(),
+    ));
     let mut router = cairn_services::http::router(registry.clone());
     if let Some(r) = dns::start(&ctx).await.context("[dns]")? {
         router = router.merge(r);
@@ -151,4 +156,41 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         router,
         services: Some(registry),
     })
+}
+
+/// SIGHUP (systemd's `ExecReload`): the `[[service]]` blocks are read
+/// again; a config that does not parse is refused (logged) and the running
+/// services are kept.
+async fn reload_services_on_sighup(
+    path: Option<PathBuf>,
+    registry: cairn_services::Registry,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(path) = path else { return };
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.changed() => return,
+        }
+        let parsed = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|t| {
+                toml::from_str::<toml::Table>(&t)
+                    .with_context(|| format!("parsing {}", path.display()))
+            })
+            .and_then(|doc| cairn_services::parse(&doc));
+        match parsed {
+            Ok(services) => {
+                let (started, stopped) = registry.reload(services).await;
+                tracing::info!(?started, ?stopped, "services reloaded (SIGHUP)");
+            }
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "SIGHUP: the new [[service]] config is refused; the running services are kept"
+            ),
+        }
+    }
 }

@@ -384,3 +384,109 @@ fn bad_service_blocks_stop_the_agent_naming_the_problem() {
         assert!(!dir.path().join("data").exists(), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_service_blocks_and_refuses_a_bad_config() {
+    if !cairn_only() {
+        return;
+    }
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        cfg_dir.path(),
+        "[[service]]\nname = \"a\"\naddress = \"10.0.0.1\"\nport = 1\n\
+         [[service]]\nname = \"b\"\naddress = \"10.0.0.2\"\nport = 2\n",
+    );
+    let mut opts = SubjectOptions::new(Kind::Cairn);
+    opts.extra_args = vec!["--config".into(), config.clone()];
+    let s = Subject::start_with(opts).await;
+    let mut client = s.client().await;
+    let agent = s.endpoint();
+    let keys = |client: &Client| {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .get("/skydns/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| {
+                    let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                    format!("{} {}", kv.key_str().unwrap(), v["port"])
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("a and b registered", LIMIT, || {
+        let k = keys(&client);
+        async move {
+            (k.await
+                == [
+                    "/skydns/local/skydns/a/n1-a 1",
+                    "/skydns/local/skydns/b/n1-b 2",
+                ])
+            .then_some(())
+        }
+    })
+    .await;
+    // A service registered through the API survives reloads.
+    assert!(
+        cli(
+            &agent,
+            &[
+                "register",
+                "--name",
+                "z",
+                "--address",
+                "10.0.0.9",
+                "--port",
+                "9"
+            ]
+        )
+        .status
+        .success()
+    );
+    // b changes its port, a goes, c comes.
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"b\"\naddress = \"10.0.0.2\"\nport = 22\n\
+         [[service]]\nname = \"c\"\naddress = \"10.0.0.3\"\nport = 3\n",
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup(s.pid().unwrap());
+    eventually("the reloaded services", LIMIT, || {
+        let k = keys(&client);
+        async move {
+            (k.await
+                == [
+                    "/skydns/local/skydns/b/n1-b 22",
+                    "/skydns/local/skydns/c/n1-c 3",
+                    "/skydns/local/skydns/z/n1-z 9",
+                ])
+            .then_some(())
+        }
+    })
+    .await;
+    // A bad config is refused; everything keeps running.
+    std::fs::write(&config, "[[service]]\nname = \"d\"\n").unwrap();
+    hup(s.pid().unwrap());
+    eventually("the refusal logged", LIMIT, || {
+        let log = s.log();
+        async move {
+            log.contains("the new [[service]] config is refused")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(keys(&client).await.len(), 3);
+    client.put("still-serving", "1", None).await.unwrap();
+}
