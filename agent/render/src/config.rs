@@ -134,8 +134,9 @@ pub struct RenderConfig {
 }
 
 fn duration(what: &str, v: &str) -> anyhow::Result<Duration> {
-    cairn_view::parse_duration(v)
-        .ok_or_else(|| anyhow::anyhow!("{what}: {v:?} is not a duration (\"500ms\", \"2s\", \"1m\")"))
+    cairn_view::parse_duration(v).ok_or_else(|| {
+        anyhow::anyhow!("{what}: {v:?} is not a duration (\"500ms\", \"2s\", \"1m\")")
+    })
 }
 
 impl WaitDef {
@@ -178,7 +179,13 @@ fn nonempty(what: &str, key: &str, v: &Option<String>) -> anyhow::Result<()> {
 }
 
 impl TemplateDef {
-    fn validate(self, what: &str, base: &Path, global: &GlobalDef, gwait: Wait) -> anyhow::Result<Template> {
+    fn validate(
+        self,
+        what: &str,
+        base: &Path,
+        global: &GlobalDef,
+        gwait: Wait,
+    ) -> anyhow::Result<Template> {
         let source = match (self.source, self.contents) {
             (Some(_), Some(_)) => bail!("{what}: give either source or contents, not both"),
             (None, None) => bail!("{what}: needs source (a template file) or contents"),
@@ -191,7 +198,10 @@ impl TemplateDef {
         }
         let destination = base.join(&self.destination);
         if destination.file_name().is_none() {
-            bail!("{what}: destination {:?} is not a file name", self.destination);
+            bail!(
+                "{what}: destination {:?} is not a file name",
+                self.destination
+            );
         }
         let perms = self
             .perms
@@ -221,7 +231,9 @@ impl TemplateDef {
             (None, None) => None,
             (Some(l), Some(r)) => {
                 if l.is_empty() || r.is_empty() || l == r {
-                    bail!("{what}: left_delimiter and right_delimiter must be non-empty and differ");
+                    bail!(
+                        "{what}: left_delimiter and right_delimiter must be non-empty and differ"
+                    );
                 }
                 Some((l, r))
             }
@@ -239,7 +251,9 @@ impl TemplateDef {
             wait,
             backup: self.backup,
             delimiters,
-            strict_undefined: self.error_on_missing_key.unwrap_or(global.error_on_missing_key),
+            strict_undefined: self
+                .error_on_missing_key
+                .unwrap_or(global.error_on_missing_key),
         })
     }
 }
@@ -277,10 +291,17 @@ impl RenderConfig {
                 .map(|d| format!(" ({d})"))
                 .unwrap_or_default();
             let what = format!("[[template]] #{}{dest}", i + 1);
-            let def = TemplateDef::deserialize(v).map_err(|e| anyhow::anyhow!("{what}: {}", e.message()))?;
+            let def = TemplateDef::deserialize(v)
+                .map_err(|e| anyhow::anyhow!("{what}: {}", e.message()))?;
             let t = def.validate(&what, &base, &global, wait)?;
-            if out.iter().any(|o: &Template| o.destination == t.destination) {
-                bail!("{what}: another template already writes {}", t.destination.display());
+            if out
+                .iter()
+                .any(|o: &Template| o.destination == t.destination)
+            {
+                bail!(
+                    "{what}: another template already writes {}",
+                    t.destination.display()
+                );
             }
             out.push(t);
         }
@@ -351,7 +372,11 @@ mod tests {
         assert_eq!(t.perms, Some(0o640));
         assert_eq!(t.command_timeout, Duration::from_secs(10));
         assert_eq!(t.wait.min, Duration::from_secs(1));
-        assert_eq!(t.wait.max, Duration::from_secs(4), "max defaults to 4 x min");
+        assert_eq!(
+            t.wait.max,
+            Duration::from_secs(4),
+            "max defaults to 4 x min"
+        );
         assert_eq!(t.delimiters, Some(("[[".into(), "]]".into())));
         let u = &c.templates[1];
         assert_eq!(u.destination, PathBuf::from("/etc/cairn/out/x"));
@@ -368,17 +393,24 @@ mod tests {
     fn errors_name_the_template_and_the_key() {
         let e = err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\nbogus = 1\n");
         assert!(e.contains("#1 (/a)") && e.contains("bogus"), "{e}");
-        let e = err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\n[[template]]\ncontents = \"x\"\ndestination = \"/b\"\nperms = \"999\"\n");
+        let e = err(
+            "[[template]]\ncontents = \"x\"\ndestination = \"/a\"\n[[template]]\ncontents = \"x\"\ndestination = \"/b\"\nperms = \"999\"\n",
+        );
         assert!(e.contains("#2 (/b)") && e.contains("perms"), "{e}");
         let e = err("[[template]]\ndestination = \"/a\"\n");
         assert!(e.contains("source") && e.contains("contents"), "{e}");
-        let e = err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\nwait = { min = \"soon\" }\n");
+        let e = err(
+            "[[template]]\ncontents = \"x\"\ndestination = \"/a\"\nwait = { min = \"soon\" }\n",
+        );
         assert!(e.contains("wait.min"), "{e}");
-        let e = err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\nleft_delimiter = \"[[\"\n");
+        let e =
+            err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\nleft_delimiter = \"[[\"\n");
         assert!(e.contains("right_delimiter"), "{e}");
         let e = err("[render]\nwaiting = \"1s\"\n");
         assert!(e.contains("[render]") && e.contains("waiting"), "{e}");
-        let e = err("[[template]]\ncontents = \"x\"\ndestination = \"/a\"\n[[template]]\ncontents = \"y\"\ndestination = \"/a\"\n");
+        let e = err(
+            "[[template]]\ncontents = \"x\"\ndestination = \"/a\"\n[[template]]\ncontents = \"y\"\ndestination = \"/a\"\n",
+        );
         assert!(e.contains("already writes"), "{e}");
     }
 }

@@ -165,7 +165,9 @@ async fn run_shell(
         .spawn()
         .map_err(|e| format!("{what} `{cmd}` could not start: {e}"))?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("{what} `{cmd}` did not finish within {timeout:?}: killed")),
+        Err(_) => Err(format!(
+            "{what} `{cmd}` did not finish within {timeout:?}: killed"
+        )),
         Ok(Err(e)) => Err(format!("{what} `{cmd}`: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
@@ -233,7 +235,10 @@ async fn write_one(t: Template, text: String) -> Result<Written, String> {
         run_shell(
             "check",
             &cmd,
-            &[("CAIRN_STAGED", &path), ("CAIRN_DESTINATION", &t.destination)],
+            &[
+                ("CAIRN_STAGED", &path),
+                ("CAIRN_DESTINATION", &t.destination),
+            ],
             t.command_timeout,
         )
         .await?;
@@ -341,13 +346,17 @@ impl Engine {
     /// Replaces the templates; those defined exactly as before keep their
     /// state (no render, no command), the others render at once.
     pub fn replace(&mut self, cfg: &RenderConfig) {
-        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.slots).into_iter().map(Some).collect();
+        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(Some)
+            .collect();
         for t in &cfg.templates {
             let kept = old
                 .iter_mut()
                 .find(|o| o.as_ref().is_some_and(|o| o.t == *t))
                 .and_then(Option::take);
-            self.slots.push(kept.unwrap_or_else(|| Slot::new(t.clone())));
+            self.slots
+                .push(kept.unwrap_or_else(|| Slot::new(t.clone())));
         }
         self.publish(&self.view.current());
     }
@@ -413,7 +422,13 @@ impl Engine {
             }
             outcomes = due
                 .iter()
-                .map(|&i| self.slots[i].compiled.as_ref().ok().map(|c| c.render(&snap)))
+                .map(|&i| {
+                    self.slots[i]
+                        .compiled
+                        .as_ref()
+                        .ok()
+                        .map(|c| c.render(&snap))
+                })
                 .collect();
             let mut wants: Vec<Interest> = outcomes
                 .iter()
@@ -511,7 +526,10 @@ impl Engine {
                     s.st.in_place = *w == Written::InPlace;
                     tracing::info!(template = %s.t.name(), revision = rev, in_place = s.st.in_place, "render: file written");
                     if let Some(c) = &s.t.command {
-                        commands.entry((c.clone(), s.t.command_timeout)).or_default().push(i);
+                        commands
+                            .entry((c.clone(), s.t.command_timeout))
+                            .or_default()
+                            .push(i);
                     }
                 }
                 Err(e) => {
@@ -582,7 +600,12 @@ impl Renderer {
 fn watch_files(
     files: &[PathBuf],
     tx: mpsc::UnboundedSender<Vec<PathBuf>>,
-) -> Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>> {
+) -> Option<
+    notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
     let mut d = match notify_debouncer_full::new_debouncer(
         Duration::from_millis(100),
         None,
@@ -677,7 +700,9 @@ async fn run(mut engine: Engine, view: View, mut opts: Options) {
         }
         if reload {
             match config_file.as_deref().map(RenderConfig::from_file) {
-                None => tracing::warn!("render: no config file to reload (started without --config)"),
+                None => {
+                    tracing::warn!("render: no config file to reload (started without --config)")
+                }
                 Some(Err(e)) => {
                     tracing::error!(error = %format!("{e:#}"), "render: the new config is refused; keeping the old one");
                     engine.count(|st| st.reloads_refused += 1);
@@ -698,7 +723,12 @@ async fn run(mut engine: Engine, view: View, mut opts: Options) {
 
 /// Renders every template once (`cairn render --once` / `--dry-run`):
 /// waits for the view to sync, runs one round, reports.
-pub async fn render_once(view: View, cfg: &RenderConfig, mode: Mode, timeout: Duration) -> anyhow::Result<RoundReport> {
+pub async fn render_once(
+    view: View,
+    cfg: &RenderConfig,
+    mode: Mode,
+    timeout: Duration,
+) -> anyhow::Result<RoundReport> {
     let mut snaps = view.subscribe();
     let synced = snaps.wait_for(|s| s.stale().is_none());
     match tokio::time::timeout(timeout, synced).await {

@@ -108,16 +108,30 @@ pub fn rfc3339(unix: f64) -> String {
 fn metrics(st: &Status) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
     };
-    counter("cairn_render_renders_total", "Complete template renders.", st.renders_total);
-    counter("cairn_render_writes_total", "Destination files written.", st.writes_total);
+    counter(
+        "cairn_render_renders_total",
+        "Complete template renders.",
+        st.renders_total,
+    );
+    counter(
+        "cairn_render_writes_total",
+        "Destination files written.",
+        st.writes_total,
+    );
     counter(
         "cairn_render_errors_total",
         "Renders, checks, writes and commands that failed (the last good file was kept).",
         st.errors_total,
     );
-    counter("cairn_render_commands_total", "Commands run after a change.", st.commands_total);
+    counter(
+        "cairn_render_commands_total",
+        "Commands run after a change.",
+        st.commands_total,
+    );
     out.push_str(&format!(
         "# HELP cairn_render_stale 1 while the data may be behind the store.\n# TYPE cairn_render_stale gauge\ncairn_render_stale {}\n",
         u8::from(st.stale.is_some())

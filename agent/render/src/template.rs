@@ -31,7 +31,10 @@ pub enum Outcome {
     /// The text, complete, from data at the snapshot's revision.
     Done { text: String, reads: Vec<Interest> },
     /// The render read ranges the view does not watch yet.
-    NeedData { wants: Vec<Interest>, reads: Vec<Interest> },
+    NeedData {
+        wants: Vec<Interest>,
+        reads: Vec<Interest>,
+    },
     /// A template error or a missing key; the message names it.
     Failed { error: String, reads: Vec<Interest> },
 }
@@ -70,7 +73,10 @@ fn unwatched() -> Error {
 }
 
 fn missing(k: &str) -> Error {
-    Error::new(ErrorKind::InvalidOperation, format!("key {k:?} does not exist"))
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("key {k:?} does not exist"),
+    )
 }
 
 /// A `{key, name, value, …}` item of `keys()`/`ls()`.
@@ -125,10 +131,14 @@ fn tree(prefix: &str, kvs: &[(String, cairn_view::Entry)]) -> serde_json::Value 
     for (k, e) in kvs {
         let rest = k.strip_prefix(prefix).unwrap_or(k).trim_start_matches('/');
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
-        let Some((last, dirs)) = parts.split_last() else { continue };
+        let Some((last, dirs)) = parts.split_last() else {
+            continue;
+        };
         let mut node = &mut root;
         for d in dirs {
-            let slot = node.entry(d.to_string()).or_insert_with(|| J::Object(Map::new()));
+            let slot = node
+                .entry(d.to_string())
+                .or_insert_with(|| J::Object(Map::new()));
             if !slot.is_object() {
                 // A key that is also a directory: its value moves to "".
                 let v = slot.take();
@@ -157,7 +167,8 @@ fn to_serde(v: &Value) -> Result<serde_json::Value, Error> {
 
 fn add_filters(env: &mut Environment<'static>) {
     env.add_filter("json", |v: Value| -> Result<String, Error> {
-        serde_json::to_string(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+        serde_json::to_string(&v)
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
     });
     env.add_filter("from_json", |s: String| -> Result<Value, Error> {
         let j: serde_json::Value = serde_json::from_str(&s)
@@ -183,7 +194,8 @@ fn add_filters(env: &mut Environment<'static>) {
         let b = base64::engine::general_purpose::STANDARD
             .decode(s.trim().as_bytes())
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("not base64: {e}")))?;
-        String::from_utf8(b).map_err(|_| Error::new(ErrorKind::InvalidOperation, "base64 of non-UTF-8 bytes"))
+        String::from_utf8(b)
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "base64 of non-UTF-8 bytes"))
     });
     env.add_filter("split", |s: String, sep: Option<String>| -> Vec<String> {
         match sep {
@@ -203,13 +215,16 @@ fn add_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>) {
         }
     });
     let s = scope.clone();
-    env.add_function("key_or_default", move |k: String, d: Value| -> Result<Value, Error> {
-        match lock(&s).get(&k) {
-            Ok(Some(v)) => Ok(Value::from(text(&v))),
-            Ok(None) => Ok(d),
-            Err(()) => Err(unwatched()),
-        }
-    });
+    env.add_function(
+        "key_or_default",
+        move |k: String, d: Value| -> Result<Value, Error> {
+            match lock(&s).get(&k) {
+                Ok(Some(v)) => Ok(Value::from(text(&v))),
+                Ok(None) => Ok(d),
+                Err(()) => Err(unwatched()),
+            }
+        },
+    );
     let s = scope.clone();
     env.add_function("key_exists", move |k: String| -> Result<bool, Error> {
         match lock(&s).get(&k) {
@@ -222,7 +237,10 @@ fn add_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>) {
         match lock(&s).get(&k) {
             Ok(Some(v)) => {
                 let j: serde_json::Value = serde_json::from_slice(&v).map_err(|e| {
-                    Error::new(ErrorKind::InvalidOperation, format!("key {k:?} is not JSON: {e}"))
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("key {k:?} is not JSON: {e}"),
+                    )
                 })?;
                 Ok(Value::from_serialize(j))
             }
@@ -233,7 +251,10 @@ fn add_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>) {
     let s = scope.clone();
     env.add_function("keys", move |prefix: String| -> Result<Vec<Value>, Error> {
         let kvs = lock(&s).range(&prefix).map_err(|()| unwatched())?;
-        Ok(kvs.iter().map(|(k, e)| item(&prefix, k.as_bytes(), e)).collect())
+        Ok(kvs
+            .iter()
+            .map(|(k, e)| item(&prefix, k.as_bytes(), e))
+            .collect())
     });
     // consul-template's `ls`: the direct children only.
     let s = scope.clone();
@@ -261,7 +282,11 @@ fn add_functions(env: &mut Environment<'static>, scope: &Arc<Mutex<Scope>>) {
             kwargs.assert_all_used()?;
             let path = path.unwrap_or_else(|| skydns::DEFAULT_PATH.to_string());
             let domain = domain.unwrap_or_else(|| "skydns.local.".to_string());
-            let fqdn = format!("{}.{}", name.trim_end_matches('.'), domain.trim_start_matches('.'));
+            let fqdn = format!(
+                "{}.{}",
+                name.trim_end_matches('.'),
+                domain.trim_start_matches('.')
+            );
             // One interest for the name's key and its subtree: one watcher.
             let want = Interest::prefix(skydns::key_of(&path, &fqdn));
             let mut scope = lock(&s);
@@ -320,7 +345,8 @@ impl Compiled {
         }
         add_filters(&mut env);
         add_functions(&mut env, &scope);
-        env.add_template_owned(NAME, text).map_err(|e| describe(&e))?;
+        env.add_template_owned(NAME, text)
+            .map_err(|e| describe(&e))?;
         Ok(Compiled { env, scope })
     }
 
@@ -409,7 +435,9 @@ mod tests {
                 .map(|(p, kvs)| {
                     (
                         Interest::prefix(*p),
-                        kvs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+                        kvs.iter()
+                            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -433,16 +461,29 @@ mod tests {
     #[test]
     fn key_functions() {
         let s = snap(&[("/app/", &[("/app/a", "1"), ("/app/j", r#"{"x":[1,2]}"#)])]);
-        assert_eq!(done(&compile("{{ key('/app/a') }}\n"), &s), "1\n", "trailing newline kept");
-        assert_eq!(done(&compile("{{ key_or_default('/app/b', 'd') }}"), &s), "d");
         assert_eq!(
-            done(&compile("{% if not key_exists('/app/b') %}absent{% endif %}"), &s),
+            done(&compile("{{ key('/app/a') }}\n"), &s),
+            "1\n",
+            "trailing newline kept"
+        );
+        assert_eq!(
+            done(&compile("{{ key_or_default('/app/b', 'd') }}"), &s),
+            "d"
+        );
+        assert_eq!(
+            done(
+                &compile("{% if not key_exists('/app/b') %}absent{% endif %}"),
+                &s
+            ),
             "absent"
         );
         assert_eq!(done(&compile("{{ get_json('/app/j').x[1] }}"), &s), "2");
         let e = failed(&compile("{{ key('/app/b') }}"), &s);
         assert!(e.contains("\"/app/b\" does not exist"), "{e}");
-        let e = failed(&compile("{{ get_json('/app/a') + 1 }} {{ get_json('/app/zz') }}"), &s);
+        let e = failed(
+            &compile("{{ get_json('/app/a') + 1 }} {{ get_json('/app/zz') }}"),
+            &s,
+        );
         assert!(e.contains("/app/zz"), "{e}");
     }
 
@@ -450,16 +491,29 @@ mod tests {
     fn range_functions() {
         let s = snap(&[(
             "/cfg/",
-            &[("/cfg/a", "1"), ("/cfg/b/c", "2"), ("/cfg/b/d", "3"), ("/cfg/b", "4")],
+            &[
+                ("/cfg/a", "1"),
+                ("/cfg/b/c", "2"),
+                ("/cfg/b/d", "3"),
+                ("/cfg/b", "4"),
+            ],
         )]);
-        let keys = done(&compile("{% for i in keys('/cfg/') %}{{ i.key }}={{ i.value }};{% endfor %}"), &s);
+        let keys = done(
+            &compile("{% for i in keys('/cfg/') %}{{ i.key }}={{ i.value }};{% endfor %}"),
+            &s,
+        );
         assert_eq!(keys, "/cfg/a=1;/cfg/b=4;/cfg/b/c=2;/cfg/b/d=3;");
-        let ls = done(&compile("{% for i in ls('/cfg/') %}{{ i.name }} {% endfor %}"), &s);
+        let ls = done(
+            &compile("{% for i in ls('/cfg/') %}{{ i.name }} {% endfor %}"),
+            &s,
+        );
         assert_eq!(ls, "a b ");
         let tree = done(&compile("{{ tree('/cfg/') | json }}"), &s);
         assert_eq!(tree, r#"{"a":"1","b":{"":"4","c":"2","d":"3"}}"#);
         let sorted = done(
-            &compile("{{ keys('/cfg/') | sort(attribute='value', reverse=true) | map(attribute='value') | join(',') }}"),
+            &compile(
+                "{{ keys('/cfg/') | sort(attribute='value', reverse=true) | map(attribute='value') | join(',') }}",
+            ),
             &s,
         );
         assert_eq!(sorted, "4,3,2,1");
@@ -470,8 +524,14 @@ mod tests {
         let s = snap(&[(
             "/skydns/local/skydns/web",
             &[
-                ("/skydns/local/skydns/web/b", r#"{"host":"10.0.0.2","port":81,"tags":["canary"]}"#),
-                ("/skydns/local/skydns/web/a", r#"{"host":"10.0.0.1","port":80,"priority":5,"weight":3}"#),
+                (
+                    "/skydns/local/skydns/web/b",
+                    r#"{"host":"10.0.0.2","port":81,"tags":["canary"]}"#,
+                ),
+                (
+                    "/skydns/local/skydns/web/a",
+                    r#"{"host":"10.0.0.1","port":80,"priority":5,"weight":3}"#,
+                ),
                 ("/skydns/local/skydns/web/junk", "not json"),
                 ("/skydns/local/skydns/webx/z", r#"{"host":"10.9.9.9"}"#),
             ],
@@ -512,7 +572,10 @@ mod tests {
         let path = std::env::var("PATH").unwrap();
         assert_eq!(done(&compile("{{ env('PATH') }}"), &snap(&[])), path);
         assert_eq!(
-            done(&compile("{{ env('CAIRN_RENDER_SURELY_UNSET', 'dflt') }}"), &snap(&[])),
+            done(
+                &compile("{{ env('CAIRN_RENDER_SURELY_UNSET', 'dflt') }}"),
+                &snap(&[])
+            ),
             "dflt"
         );
     }
@@ -522,10 +585,17 @@ mod tests {
         let s = snap(&[("/k/", &[("/k/a", "v")])]);
         let (mut t, _) = template("");
         t.delimiters = Some(("[[".into(), "]]".into()));
-        let c = Compiled::new(&t, "{{ .Go }} [[ key('/k/a') ]] {% if true %}x{% endif %}".into()).unwrap();
+        let c = Compiled::new(
+            &t,
+            "{{ .Go }} [[ key('/k/a') ]] {% if true %}x{% endif %}".into(),
+        )
+        .unwrap();
         assert_eq!(done(&c, &s), "{{ .Go }} v x");
         t.delimiters = Some(("{%".into(), "%}".into()));
-        assert!(Compiled::new(&t, "x".into()).is_err(), "delimiters clash with blocks");
+        assert!(
+            Compiled::new(&t, "x".into()).is_err(),
+            "delimiters clash with blocks"
+        );
     }
 
     #[test]
@@ -558,7 +628,10 @@ mod tests {
             panic!("expected wants")
         };
         assert_eq!(wants, vec![Interest::key("/ptr")]);
-        let s = snap(&[("/ptr", &[("/ptr", "/target")]), ("/list/", &[("/list/1", "x")])]);
+        let s = snap(&[
+            ("/ptr", &[("/ptr", "/target")]),
+            ("/list/", &[("/list/1", "x")]),
+        ]);
         let Outcome::NeedData { wants, .. } = c.render(&s) else {
             panic!("expected the pointed-to key")
         };
@@ -574,7 +647,11 @@ mod tests {
         assert_eq!(text, "1 /target=T");
         assert_eq!(
             reads,
-            vec![Interest::key("/ptr"), Interest::key("/target"), Interest::prefix("/list/")]
+            vec![
+                Interest::key("/ptr"),
+                Interest::key("/target"),
+                Interest::prefix("/list/")
+            ]
         );
     }
 }

@@ -221,7 +221,15 @@ mod tests {
     fn a_write_is_a_rename_of_a_synced_temp_file_with_its_mode() {
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("out.conf");
-        let s = Staged::create(&dest, b"one\n", &Attrs { perms: Some(0o640), ..Default::default() }).unwrap();
+        let s = Staged::create(
+            &dest,
+            b"one\n",
+            &Attrs {
+                perms: Some(0o640),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(!dest.exists(), "nothing in place before the commit");
         assert_eq!(std::fs::read(s.path()).unwrap(), b"one\n");
         assert_eq!(s.commit().unwrap(), Written::Replaced);
@@ -230,7 +238,10 @@ mod tests {
         assert_eq!(entries(d.path()), vec!["out.conf"], "no temp file left");
         // Without perms, the existing mode is kept.
         let ino = std::fs::metadata(&dest).unwrap().ino();
-        Staged::create(&dest, b"two\n", &Attrs::default()).unwrap().commit().unwrap();
+        Staged::create(&dest, b"two\n", &Attrs::default())
+            .unwrap()
+            .commit()
+            .unwrap();
         let m = std::fs::metadata(&dest).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_ne!(m.ino(), ino, "replaced by rename, not rewritten");
@@ -243,11 +254,23 @@ mod tests {
     fn a_new_file_gets_0644_and_a_backup_keeps_the_old_one() {
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("f");
-        let attrs = Attrs { backup: true, ..Default::default() };
-        Staged::create(&dest, b"v1", &attrs).unwrap().commit().unwrap();
-        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, DEFAULT_PERMS);
+        let attrs = Attrs {
+            backup: true,
+            ..Default::default()
+        };
+        Staged::create(&dest, b"v1", &attrs)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().mode() & 0o7777,
+            DEFAULT_PERMS
+        );
         assert!(!backup_path(&dest).exists(), "nothing to back up yet");
-        Staged::create(&dest, b"v2", &attrs).unwrap().commit().unwrap();
+        Staged::create(&dest, b"v2", &attrs)
+            .unwrap()
+            .commit()
+            .unwrap();
         assert_eq!(std::fs::read(backup_path(&dest)).unwrap(), b"v1");
         assert_eq!(std::fs::read(&dest).unwrap(), b"v2");
     }
@@ -271,7 +294,15 @@ mod tests {
             let dest = d.path().join("mounted");
             std::fs::write(&dest, b"old content, longer than the new").unwrap();
             let ino = std::fs::metadata(&dest).unwrap().ino();
-            let s = Staged::create(&dest, b"new", &Attrs { perms: Some(0o600), ..Default::default() }).unwrap();
+            let s = Staged::create(
+                &dest,
+                b"new",
+                &Attrs {
+                    perms: Some(0o600),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             let w = s
                 .commit_with(|_, _| Err(io::Error::from_raw_os_error(errno)))
                 .unwrap();
@@ -287,7 +318,10 @@ mod tests {
         let dest = d.path().join("f");
         std::fs::write(&dest, b"old").unwrap();
         let s = Staged::create(&dest, b"new", &Attrs::default()).unwrap();
-        assert!(s.commit_with(|_, _| Err(io::Error::from_raw_os_error(13))).is_err());
+        assert!(
+            s.commit_with(|_, _| Err(io::Error::from_raw_os_error(13)))
+                .is_err()
+        );
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
     }
 

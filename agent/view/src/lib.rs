@@ -245,7 +245,10 @@ impl Snapshot {
     /// interest and its keys with values), for consumers' tests and tools
     /// that render without an agent. Entries take `revision` as their mod
     /// revision.
-    pub fn from_ranges(revision: i64, ranges: Vec<(Interest, Vec<(Vec<u8>, Vec<u8>)>)>) -> Snapshot {
+    pub fn from_ranges(
+        revision: i64,
+        ranges: Vec<(Interest, Vec<(Vec<u8>, Vec<u8>)>)>,
+    ) -> Snapshot {
         let roots = ranges
             .into_iter()
             .map(|(interest, kvs)| {

@@ -436,8 +436,14 @@ async fn main() -> Result<()> {
                 "# {templates} templates over {prefixes} prefixes ({} per prefix), wait 0s; {changes} puts, each timed until the last file of its prefix holds the value",
                 templates / prefixes
             );
-            println!("# first full render of all templates (agent start included): {:.2} s", r.setup.as_secs_f64());
-            println!("{:<12} | {:>8} | {:>8} | {:>8}", "changes", "p50 ms", "p99 ms", "max ms");
+            println!(
+                "# first full render of all templates (agent start included): {:.2} s",
+                r.setup.as_secs_f64()
+            );
+            println!(
+                "{:<12} | {:>8} | {:>8} | {:>8}",
+                "changes", "p50 ms", "p99 ms", "max ms"
+            );
             println!("{}", "-".repeat(46));
             println!(
                 "{:<12} | {:>8.2} | {:>8.2} | {:>8.2}",

@@ -77,15 +77,28 @@ pub async fn run(bin: PathBuf, templates: usize, prefixes: usize, changes: usize
     for n in 0..changes {
         let j = n % prefixes;
         // The highest-index template of prefix j.
-        let last = (0..templates).rev().find(|i| i % prefixes == j).unwrap_or(j);
+        let last = (0..templates)
+            .rev()
+            .find(|i| i % prefixes == j)
+            .unwrap_or(j);
         let value = format!("c{n}");
         let t = Instant::now();
         c.put(format!("/bench/p{j}/k"), value.clone(), None).await?;
-        until(dest(&out, last), format!("k={value}\n"), Duration::from_secs(10)).await?;
+        until(
+            dest(&out, last),
+            format!("k={value}\n"),
+            Duration::from_secs(10),
+        )
+        .await?;
         lat.push(t.elapsed());
         // Every template of the prefix has it too (same round).
         for i in (j..templates).step_by(prefixes) {
-            until(dest(&out, i), format!("k={value}\n"), Duration::from_secs(10)).await?;
+            until(
+                dest(&out, i),
+                format!("k={value}\n"),
+                Duration::from_secs(10),
+            )
+            .await?;
         }
     }
     let max = lat.iter().max().copied().unwrap_or_default();

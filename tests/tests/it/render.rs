@@ -7,7 +7,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_tests::{Kind, Layout, Subject, SubjectOptions, cairn_bin, eventually, http_request, subject_kind};
+use cairn_tests::{
+    Kind, Layout, Subject, SubjectOptions, cairn_bin, eventually, http_request, subject_kind,
+};
 use etcd_client::PutOptions;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -51,15 +53,22 @@ fn read(p: &Path) -> Option<String> {
 /// Waits until `p` holds exactly `want`.
 async fn file_is(p: &Path, want: &str) {
     let what = format!("{} to hold {want:?}", p.display());
-    eventually(&what, LIMIT, || async { (read(p).as_deref() == Some(want)).then_some(()) }).await
+    eventually(&what, LIMIT, || async {
+        (read(p).as_deref() == Some(want)).then_some(())
+    })
+    .await
 }
 
 /// Waits until the template's last complete render is at `rev` or later.
 async fn rendered_at(port: u16, dest: &Path, rev: i64) -> serde_json::Value {
-    eventually(&format!("{} rendered at {rev}", dest.display()), LIMIT, || async {
-        let t = template_status(port, dest);
-        (t["last_render_revision"].as_i64().unwrap_or(0) >= rev).then_some(t)
-    })
+    eventually(
+        &format!("{} rendered at {rev}", dest.display()),
+        LIMIT,
+        || async {
+            let t = template_status(port, dest);
+            (t["last_render_revision"].as_i64().unwrap_or(0) >= rev).then_some(t)
+        },
+    )
     .await
 }
 
@@ -94,7 +103,10 @@ async fn nginx_upstreams_follow_skydns_records_added_revoked_and_expired() {
     let dest = dir.path().join("upstreams.conf");
     let s = agent(
         dir.path(),
-        &format!("[[template]]\ndestination = {}\ncontents = '''\n{NGINX}'''\n", toml_str(&dest)),
+        &format!(
+            "[[template]]\ndestination = {}\ncontents = '''\n{NGINX}'''\n",
+            toml_str(&dest)
+        ),
     )
     .await;
     let empty = "upstream web {\n  server 127.0.0.1:1 down;\n}\n";
@@ -123,10 +135,18 @@ async fn nginx_upstreams_follow_skydns_records_added_revoked_and_expired() {
         .await
         .unwrap();
     eventually("b added", LIMIT, || async {
-        read(&dest).filter(|t| t.contains("server 10.0.0.2:8081;")).map(|_| ())
+        read(&dest)
+            .filter(|t| t.contains("server 10.0.0.2:8081;"))
+            .map(|_| ())
     })
     .await;
-    let rev = c.lease_revoke(a).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .lease_revoke(a)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     eventually("a gone with its lease", LIMIT, || async {
         read(&dest).filter(|t| !t.contains("10.0.0.1")).map(|_| ())
     })
@@ -136,7 +156,10 @@ async fn nginx_upstreams_follow_skydns_records_added_revoked_and_expired() {
     assert!(!read(&dest).unwrap().contains("10.9.9.9"));
     file_is(&dest, empty).await;
     let t = template_status(s.client_port(), &dest);
-    assert_eq!(t["interests"], serde_json::json!(["prefix:/skydns/local/skydns/web"]));
+    assert_eq!(
+        t["interests"],
+        serde_json::json!(["prefix:/skydns/local/skydns/web"])
+    );
     assert!(t["writes"].as_u64().unwrap() >= 4, "{t}");
 }
 
@@ -162,14 +185,23 @@ async fn a_failing_check_keeps_the_old_file_and_is_reported() {
     // A missing key is an error too, and nothing is written.
     let t = eventually("missing key reported", LIMIT, || async {
         let t = template_status(port, &dest);
-        t["last_error"].as_str().is_some_and(|e| e.contains("/chk/v")).then_some(t)
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/chk/v"))
+            .then_some(t)
     })
     .await;
     assert!(!dest.exists(), "{t}");
     c.put("/chk/v", "good-1", None).await.unwrap();
     file_is(&dest, "good-1\n").await;
     let errors = status(port)["errors_total"].as_u64().unwrap();
-    let rev = c.put("/chk/v", "bad-2", None).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .put("/chk/v", "bad-2", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let t = rendered_at(port, &dest, rev).await;
     let e = t["last_error"].as_str().unwrap_or_default();
     assert!(e.contains("check") && e.contains("failed"), "{t}");
@@ -211,17 +243,35 @@ async fn a_command_runs_once_per_change_and_not_for_an_unchanged_output() {
     let port = s.client_port();
     let runs = || read(&log).map(|l| l.lines().count()).unwrap_or(0);
     file_is(&dest, "\n").await;
-    eventually("the first write's command", LIMIT, || async { (runs() == 1).then_some(()) }).await;
+    eventually("the first write's command", LIMIT, || async {
+        (runs() == 1).then_some(())
+    })
+    .await;
     let mut c = s.client().await;
     c.put("/cmd/v", "a", None).await.unwrap();
     file_is(&dest, "a\n").await;
-    eventually("the command of the change", LIMIT, || async { (runs() == 2).then_some(()) }).await;
+    eventually("the command of the change", LIMIT, || async {
+        (runs() == 2).then_some(())
+    })
+    .await;
     // A change of the key that renders the same text: no write, no command.
-    let rev = c.put("/cmd/v", "a   ", None).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .put("/cmd/v", "a   ", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let t = rendered_at(port, &dest, rev).await;
     assert_eq!(runs(), 2, "{t}");
     assert_eq!(t["writes"].as_u64(), Some(2), "{t}");
-    let rev = c.put("/cmd/v", "b", None).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .put("/cmd/v", "b", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     rendered_at(port, &dest, rev).await;
     assert_eq!(read(&dest).unwrap(), "b\n");
     assert_eq!(runs(), 3);
@@ -266,8 +316,14 @@ async fn render_once_and_dry_run() {
     let out = render_cli(&["--dry-run", "--config", &cfg_s, "--endpoints", &ep]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout.contains(&format!("> {}\na=A\n", d1.display())), "{stdout}");
-    assert!(stdout.contains(&format!("> {}\n1,2", d2.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("> {}\na=A\n", d1.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("> {}\n1,2", d2.display())),
+        "{stdout}"
+    );
     assert!(!d1.exists() && !d2.exists());
     // --once: written, with the mode asked for.
     let out = render_cli(&["--once", "--config", &cfg_s, "--endpoints", &ep]);
@@ -275,7 +331,10 @@ async fn render_once_and_dry_run() {
     assert_eq!(read(&d1).as_deref(), Some("a=A\n"));
     assert_eq!(read(&d2).as_deref(), Some("1,2"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&d1).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&d1).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // A missing key fails --once, names the key, and keeps the old file.
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -286,9 +345,18 @@ async fn render_once_and_dry_run() {
         ),
     )
     .unwrap();
-    let out = render_cli(&["--once", "--config", &bad.display().to_string(), "--endpoints", &ep]);
+    let out = render_cli(&[
+        "--once",
+        "--config",
+        &bad.display().to_string(),
+        "--endpoints",
+        &ep,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/once/missing"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/once/missing"),
+        "{out:?}"
+    );
     assert_eq!(read(&d1).as_deref(), Some("a=A\n"));
     // Through the local socket too.
     let sock = format!("unix:{}", s.data_dir().join("cairn.sock").display());
@@ -312,7 +380,10 @@ async fn editing_a_template_file_re_renders_it() {
     std::fs::write(&src, "v1 {{ key_or_default('/edit/x', 'none') }}\n").unwrap();
     let s = agent(
         dir.path(),
-        &format!("[[template]]\nsource = \"app.conf.j2\"\ndestination = {}\n", toml_str(&dest)),
+        &format!(
+            "[[template]]\nsource = \"app.conf.j2\"\ndestination = {}\n",
+            toml_str(&dest)
+        ),
     )
     .await;
     file_is(&dest, "v1 none\n").await;
@@ -329,7 +400,10 @@ async fn editing_a_template_file_re_renders_it() {
     std::fs::write(&src, "v4 {% for %}\n").unwrap();
     eventually("syntax error reported", LIMIT, || async {
         let t = template_status(s.client_port(), &dest);
-        t["last_error"].as_str().is_some_and(|e| e.contains("syntax")).then_some(())
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("syntax"))
+            .then_some(())
     })
     .await;
     assert_eq!(read(&dest).unwrap(), "v3 X\n");
@@ -353,13 +427,17 @@ async fn sighup_with_a_bad_config_keeps_the_old_one() {
     let cfg = dir.path().join("cairn.toml");
     std::fs::write(&cfg, format!("{good}bogus = 1\n")).unwrap();
     let hup = |pid: u32| {
-        let st = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(st.success());
     };
     hup(s.pid().unwrap());
     eventually("the bad config refused", LIMIT, || async {
         let st = status(port);
-        (st["reloads_refused"].as_u64().unwrap_or(0) >= 1 && s.log().contains("SIGHUP")).then_some(())
+        (st["reloads_refused"].as_u64().unwrap_or(0) >= 1 && s.log().contains("SIGHUP"))
+            .then_some(())
     })
     .await;
     assert!(s.log().contains("bogus"), "the refusal names the key");
@@ -394,7 +472,10 @@ async fn a_proxy_renders_too() {
     let cfg = dir.path().join("cairn.toml");
     std::fs::write(
         &cfg,
-        format!("[[template]]\ndestination = {}\ncontents = \"{{{{ key('/px/k') }}}}\"\n", toml_str(&dest)),
+        format!(
+            "[[template]]\ndestination = {}\ncontents = \"{{{{ key('/px/k') }}}}\"\n",
+            toml_str(&dest)
+        ),
     )
     .unwrap();
     let member_ep = member.endpoint();
@@ -457,7 +538,9 @@ async fn five_hundred_templates_share_one_watch_per_prefix() {
     let port = s.client_port();
     let mut c = s.client().await;
     for j in 0..PREFIXES {
-        c.put(format!("/many/p{j}/k"), format!("v{j}"), None).await.unwrap();
+        c.put(format!("/many/p{j}/k"), format!("v{j}"), None)
+            .await
+            .unwrap();
     }
     eventually("all 500 files rendered", LIMIT, || async {
         (0..N)
@@ -466,13 +549,28 @@ async fn five_hundred_templates_share_one_watch_per_prefix() {
     })
     .await;
     // One watcher per prefix on the agent, however many templates read it.
-    assert_eq!(metric(port, "/metrics", "etcd_debugging_mvcc_watcher"), Some(PREFIXES as f64));
-    assert_eq!(status(port)["watched_ranges"].as_u64(), Some(PREFIXES as u64));
+    assert_eq!(
+        metric(port, "/metrics", "etcd_debugging_mvcc_watcher"),
+        Some(PREFIXES as f64)
+    );
+    assert_eq!(
+        status(port)["watched_ranges"].as_u64(),
+        Some(PREFIXES as u64)
+    );
     // A change under one prefix re-renders only its templates.
     let before: Vec<serde_json::Value> = (0..N).map(|i| template_status(port, &dest(i))).collect();
-    let rev = c.put("/many/p0/k", "new", None).await.unwrap().header().unwrap().revision();
+    let rev = c
+        .put("/many/p0/k", "new", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     eventually("prefix 0's files", LIMIT, || async {
-        (0..N).step_by(PREFIXES).all(|i| read(&dest(i)).as_deref() == Some("k=new;")).then_some(())
+        (0..N)
+            .step_by(PREFIXES)
+            .all(|i| read(&dest(i)).as_deref() == Some("k=new;"))
+            .then_some(())
     })
     .await;
     let st = status(port);
@@ -481,7 +579,11 @@ async fn five_hundred_templates_share_one_watch_per_prefix() {
         if i % PREFIXES == 0 {
             assert!(r >= rev, "{t}");
         } else {
-            assert_eq!(r, before[i]["last_render_revision"].as_i64().unwrap(), "{t}");
+            assert_eq!(
+                r,
+                before[i]["last_render_revision"].as_i64().unwrap(),
+                "{t}"
+            );
             assert_eq!(t["renders"], before[i]["renders"], "{t}");
         }
     }
@@ -511,7 +613,10 @@ async fn a_bind_mounted_destination_is_written_in_place() {
     let cfg = dir.path().join("cairn.toml");
     std::fs::write(
         &cfg,
-        format!("[[template]]\ndestination = {}\ncontents = \"{{{{ key('/mnt/v') }}}}\"\n", toml_str(&dest)),
+        format!(
+            "[[template]]\ndestination = {}\ncontents = \"{{{{ key('/mnt/v') }}}}\"\n",
+            toml_str(&dest)
+        ),
     )
     .unwrap();
     let out = Command::new("unshare")
