@@ -746,3 +746,43 @@ pub async fn render_once(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent that cannot be reached: rounds are deferred, nothing is
+    /// written, and the status says why (fail static).
+    #[tokio::test]
+    async fn a_stale_view_defers_rounds_and_keeps_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("out");
+        std::fs::write(&dest, "last good").unwrap();
+        let doc: toml::Table = toml::from_str(&format!(
+            "[[template]]\ndestination = {:?}\ncontents = \"{{{{ key('/k') }}}}\"\n",
+            dest.display().to_string()
+        ))
+        .unwrap();
+        let cfg = RenderConfig::from_doc(&doc, d.path()).unwrap().unwrap();
+        // Port 1 on loopback: nothing listens there.
+        let view = View::connect("http://127.0.0.1:1").unwrap();
+        let mut engine = Engine::new(view, &cfg);
+        let r = engine.run_due(Mode::Write).await;
+        let why = r.deferred.expect("deferred");
+        assert!(why.contains("stale"), "{why}");
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "last good");
+        let st = engine.status().lock().unwrap().clone();
+        assert!(st.stale.is_some(), "{st:?}");
+        assert_eq!(st.templates[0].writes, 0);
+        assert!(engine.next_due().is_some(), "still due, retried later");
+        let err = render_once(
+            View::connect("http://127.0.0.1:1").unwrap(),
+            &cfg,
+            Mode::Write,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("did not answer"), "{err:#}");
+    }
+}
