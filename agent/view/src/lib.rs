@@ -234,6 +234,9 @@ impl Snapshot {
     }
 }
 
+/// A range's keys and values, for [`Snapshot::from_ranges`].
+pub type RangeData = (Interest, Vec<(Vec<u8>, Vec<u8>)>);
+
 impl Snapshot {
     /// Every range this snapshot answers (one watcher each on the view's
     /// stream): what a consumer reports to show what it costs the agent.
@@ -245,10 +248,7 @@ impl Snapshot {
     /// interest and its keys with values), for consumers' tests and tools
     /// that render without an agent. Entries take `revision` as their mod
     /// revision.
-    pub fn from_ranges(
-        revision: i64,
-        ranges: Vec<(Interest, Vec<(Vec<u8>, Vec<u8>)>)>,
-    ) -> Snapshot {
+    pub fn from_ranges(revision: i64, ranges: Vec<RangeData>) -> Snapshot {
         let roots = ranges
             .into_iter()
             .map(|(interest, kvs)| {

@@ -638,3 +638,53 @@ async fn a_bind_mounted_destination_is_written_in_place() {
     assert_eq!(read(&backing).as_deref(), Some("new content"));
     assert_eq!(read(&dest).as_deref(), Some(""));
 }
+
+/// Under systemd (`NOTIFY_SOCKET`), `READY=1` comes after the first full
+/// render: when it arrives, every file is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_after_the_first_full_render() {
+    if !cairn_only() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut cfg = String::new();
+    for i in 0..20 {
+        cfg.push_str(&format!(
+            "[[template]]\ndestination = {}\ncontents = \"{i} {{{{ key_or_default('/ready/{i}', 'none') }}}}\"\n",
+            toml_str(&dir.path().join(format!("f{i}")))
+        ));
+    }
+    let cfg_path = dir.path().join("cairn.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let (cfg_s, notify) = (
+        cfg_path.display().to_string(),
+        sock_path.display().to_string(),
+    );
+    let _s = Subject::start_with(SubjectOptions {
+        command_line: Some(Arc::new(move |l: &Layout<'_>| {
+            let mut args =
+                cairn_tests::member_args(l.data_dir, l.client_port, l.peer_port, l.token);
+            args.extend(["--config".to_string(), cfg_s.clone()]);
+            (args, vec![("NOTIFY_SOCKET".to_string(), notify.clone())])
+        })),
+        ..SubjectOptions::new(Kind::Cairn)
+    })
+    .await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("READY=1 within the limit");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "READY=1");
+    for i in 0..20 {
+        assert_eq!(
+            read(&dir.path().join(format!("f{i}"))),
+            Some(format!("{i} none"))
+        );
+    }
+}
