@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod peer;
 pub mod prefix_stats;
 pub mod proxy_role;
+pub mod render_cli;
 pub mod serve;
 pub mod server;
 pub mod service_cli;

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("service") {
         return cairn_agent::service_cli::main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some("render") {
+        return cairn_agent::render_cli::main(&args[2..]);
+    }
     if args.get(1).map(String::as_str) == Some("top") {
         return cairn_agent::top::main(&args[2..]);
     }

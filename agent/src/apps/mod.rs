@@ -25,6 +25,8 @@ pub struct Ctx {
     pub doc: toml::Table,
     /// The directory relative paths of the config are taken from.
     pub base_dir: PathBuf,
+    /// The `--config` file (re-read on SIGHUP), if any.
+    pub config_path: Option<PathBuf>,
     /// This host's name (`--name`).
     pub node: String,
     /// Turns true when the agent stops.
@@ -107,8 +109,9 @@ pub fn read_doc(cfg: &Config) -> anyhow::Result<(toml::Table, PathBuf)> {
 /// bad `[[service]]`, `[dns]` or `[[template]]` stops it at once, naming
 /// the problem).
 pub fn check(cfg: &Config) -> anyhow::Result<()> {
-    let (doc, _) = read_doc(cfg)?;
+    let (doc, base_dir) = read_doc(cfg)?;
     cairn_services::parse(&doc)?;
+    cairn_render::RenderConfig::from_doc(&doc, &base_dir)?;
     Ok(())
 }
 
@@ -134,6 +137,7 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         endpoint,
         doc,
         base_dir,
+        config_path: cfg.config_path.clone(),
         node: cfg.name.clone(),
         stop,
         view: std::sync::OnceLock::new(),
@@ -166,7 +170,7 @@ async fn reload_services_on_sighup(
     registry: cairn_services::Registry,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(path) = path else { return };
+    // Installed whatever the config, so that SIGHUP never kills the agent.
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -175,7 +179,11 @@ async fn reload_services_on_sighup(
             _ = hup.recv() => {}
             _ = stop.changed() => return,
         }
-        let parsed = std::fs::read_to_string(&path)
+        let Some(path) = &path else {
+            tracing::info!("SIGHUP: no --config file to reload");
+            continue;
+        };
+        let parsed = std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))
             .and_then(|t| {
                 toml::from_str::<toml::Table>(&t)

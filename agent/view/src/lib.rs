@@ -234,6 +234,61 @@ impl Snapshot {
     }
 }
 
+/// A range's keys and values, for [`Snapshot::from_ranges`].
+pub type RangeData = (Interest, Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Snapshot {
+    /// Every range this snapshot answers (one watcher each on the view's
+    /// stream): what a consumer reports to show what it costs the agent.
+    pub fn interests(&self) -> impl Iterator<Item = &Interest> {
+        self.roots.iter().map(|r| &r.interest)
+    }
+
+    /// A synced snapshot at `revision` holding exactly `ranges` (each an
+    /// interest and its keys with values), for consumers' tests and tools
+    /// that render without an agent. Entries take `revision` as their mod
+    /// revision.
+    pub fn from_ranges(revision: i64, ranges: Vec<RangeData>) -> Snapshot {
+        let roots = ranges
+            .into_iter()
+            .map(|(interest, kvs)| {
+                let slots = kvs
+                    .into_iter()
+                    .filter(|(k, _)| interest.contains(k))
+                    .map(|(k, value)| {
+                        let entry = Entry {
+                            value,
+                            create_revision: revision,
+                            mod_revision: revision,
+                            version: 1,
+                            lease: 0,
+                        };
+                        (
+                            k,
+                            Slot {
+                                entry: Some(entry),
+                                changed: revision,
+                            },
+                        )
+                    })
+                    .collect();
+                Arc::new(Root {
+                    interest,
+                    slots,
+                    tombstones: 0,
+                    last_changed: revision,
+                    reset: revision,
+                })
+            })
+            .collect();
+        Snapshot {
+            revision,
+            roots,
+            stale: None,
+        }
+    }
+}
+
 fn scan<'a>(root: &'a Root, prefix: &[u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Slot)> {
     root.slots
         .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))

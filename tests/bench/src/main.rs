@@ -49,6 +49,7 @@ use tokio::sync::mpsc;
 
 mod compaction;
 mod prefix_delete;
+mod render;
 mod roles;
 mod tenants;
 
@@ -188,6 +189,18 @@ enum Cmd {
         keys: u64,
         #[arg(long, default_value_t = 10)]
         writers: usize,
+    },
+    /// Put-to-file latency of `[[template]]` rendering: N templates
+    /// sharing a few prefixes on one cairn agent, wait 0s.
+    Render {
+        #[arg(long)]
+        cairn_bin: Option<PathBuf>,
+        #[arg(long, default_value_t = 500)]
+        templates: usize,
+        #[arg(long, default_value_t = 10)]
+        prefixes: usize,
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
     },
     /// Run workloads against a server that is already running.
     Run {
@@ -409,6 +422,36 @@ async fn main() -> Result<()> {
                     r.noisy_refused
                 );
             }
+        }
+        Cmd::Render {
+            cairn_bin,
+            templates,
+            prefixes,
+            changes,
+        } => {
+            let bin = cairn_bin.unwrap_or_else(cairn_tests::cairn_bin);
+            let r = render::run(bin, templates, prefixes, changes).await?;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "# {templates} templates over {prefixes} prefixes ({} per prefix), wait 0s; {changes} puts, each timed until the last file of its prefix holds the value",
+                templates / prefixes
+            );
+            println!(
+                "# first full render of all templates (agent start included): {:.2} s",
+                r.setup.as_secs_f64()
+            );
+            println!(
+                "{:<12} | {:>8} | {:>8} | {:>8}",
+                "changes", "p50 ms", "p99 ms", "max ms"
+            );
+            println!("{}", "-".repeat(46));
+            println!(
+                "{:<12} | {:>8.2} | {:>8.2} | {:>8.2}",
+                r.latency.ops,
+                ms(r.latency.p50),
+                ms(r.latency.p99),
+                ms(r.max)
+            );
         }
         Cmd::PrefixDelete {
             cairn_bin,

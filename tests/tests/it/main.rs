@@ -27,6 +27,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod pki;
+mod render;
 mod roles;
 mod services;
 mod snapshot;
