@@ -101,11 +101,7 @@ pub fn answer(index: &Index, qname: &Name, qtype: RecordType, now: Instant) -> O
             Outcome::Refused
         };
     };
-    let cx = Cx {
-        index,
-        zone,
-        now,
-    };
+    let cx = Cx { index, zone, now };
     let owner = qname.clone();
     let mut reply = Reply::default();
     // `None`: the name does not exist.
@@ -316,8 +312,20 @@ impl Cx<'_> {
     /// get a target named after their key, with the address in additional.
     fn srv(&self, q: &str, owner: &Name) -> Option<(Vec<Record>, Vec<Record>)> {
         let services = self.index.services(q, false)?;
-        let priority = |s: &Item| if s.record.priority == 0 { 10 } else { s.record.priority };
-        let weight = |s: &Item| if s.record.weight == 0 { 100 } else { s.record.weight };
+        let priority = |s: &Item| {
+            if s.record.priority == 0 {
+                10
+            } else {
+                s.record.priority
+            }
+        };
+        let weight = |s: &Item| {
+            if s.record.weight == 0 {
+                100
+            } else {
+                s.record.weight
+            }
+        };
         let mut total = std::collections::HashMap::new();
         for s in &services {
             *total.entry(priority(s)).or_insert(0i64) += weight(s) as i64;
@@ -376,7 +384,11 @@ impl Cx<'_> {
         let mut dup = HashSet::new();
         let mut looked = HashSet::new();
         for s in services.into_iter().filter(|s| s.record.mail) {
-            let pref = if s.record.priority == 0 { 10 } else { s.record.priority } as u16;
+            let pref = if s.record.priority == 0 {
+                10
+            } else {
+                s.record.priority
+            } as u16;
             let host = host_type(s);
             match host {
                 Host::V4(_) | Host::V6(_) => {

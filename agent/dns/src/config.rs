@@ -163,7 +163,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse("[dns]\nlisten = \"127.0.0.1:53\"\nzones = [\"a.\"]\nzone = 1\n").unwrap_err();
+        let e =
+            parse("[dns]\nlisten = \"127.0.0.1:53\"\nzones = [\"a.\"]\nzone = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("zone"), "{e:#}");
         assert!(format!("{e:#}").contains("[dns]"), "{e:#}");
         let e = parse("[dns]\nlisten = \"localhost\"\nzones = [\"a.\"]\n").unwrap_err();
@@ -175,8 +176,10 @@ mod tests {
         let e = parse("[dns]\nlisten = \"127.0.0.1:53\"\nzones = [\"a.\"]\nforward = [\"x\"]\n")
             .unwrap_err();
         assert!(format!("{e:#}").contains("forward"), "{e:#}");
-        let e = parse("[dns]\nlisten = \"127.0.0.1:53\"\nzones = [\"a.\"]\nmin_ttl = 10\nmax_ttl = 5\n")
-            .unwrap_err();
+        let e = parse(
+            "[dns]\nlisten = \"127.0.0.1:53\"\nzones = [\"a.\"]\nmin_ttl = 10\nmax_ttl = 5\n",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("min_ttl"), "{e:#}");
     }
 }

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use cairn_proto::etcdserverpb::{LeaseTimeToLiveRequest, lease_client::LeaseClient};
+use cairn_proto::etcdserverpb::{
+    LeaseTimeToLiveRequest, RangeRequest, kv_client::KvClient, lease_client::LeaseClient,
+};
 use cairn_view::{Interest, Snapshot, View};
 use tokio::sync::watch;
 
@@ -38,6 +40,8 @@ use server::{Handler, Shared};
 /// How often the cached remaining TTLs of leases are asked again (a lease
 /// kept alive would otherwise seem to run out).
 pub const LEASE_REFRESH: Duration = Duration::from_secs(10);
+/// How often the agent is asked whether it can confirm current data.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Idle TCP connections are closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Lease TTL requests in flight at once.
@@ -128,11 +132,7 @@ impl Dns {
             let n = idx
                 .items
                 .keys()
-                .filter(|k| {
-                    idx.name_of(k)
-                        .as_str()
-                        .pipe(|n| index::in_zone(n, z))
-                })
+                .filter(|k| idx.name_of(k).as_str().pipe(|n| index::in_zone(n, z)))
                 .count();
             per_zone.insert(z.clone(), n.into());
         }
@@ -191,21 +191,31 @@ impl Indexer {
                 }
             }
         }
-        let mut refresh = tokio::time::interval(LEASE_REFRESH);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leases_asked = Instant::now();
+        // Why the agent could not confirm the data is current, from the
+        // last probe. The view only notices a broken stream; behind a proxy
+        // whose upstream is gone, the stream stays open and silent.
+        let mut probe: Option<String> = None;
         loop {
             let snap = snaps.borrow_and_update().clone();
-            self.apply(&snap, &interest, &prefix).await;
+            self.apply(&snap, &interest, &prefix, probe.as_deref())
+                .await;
             tokio::select! {
                 r = snaps.changed() => if r.is_err() { return },
-                _ = refresh.tick() => {
-                    let idx = self.shared.index();
-                    let ids = idx.lease_ids();
-                    if !ids.is_empty() && idx.stale.is_none() {
-                        let fresh = self.lease_ttls(&ids).await;
-                        let mut next = (*self.shared.index()).clone();
-                        next.leases.extend(fresh);
-                        self.publish(next);
+                _ = tick.tick() => {
+                    probe = self.probe().await.err().map(|e| format!("{e:#}"));
+                    if leases_asked.elapsed() >= LEASE_REFRESH {
+                        leases_asked = Instant::now();
+                        let idx = self.shared.index();
+                        let ids = idx.lease_ids();
+                        if !ids.is_empty() && idx.stale.is_none() {
+                            let fresh = self.lease_ttls(&ids).await;
+                            let mut next = (*self.shared.index()).clone();
+                            next.leases.extend(fresh);
+                            self.publish(next);
+                        }
                     }
                 }
                 _ = stopped(stop) => return,
@@ -213,22 +223,38 @@ impl Indexer {
         }
     }
 
+    /// A linearizable read of one key through the agent: it answers only
+    /// when the agent (or the proxy's upstream) can confirm current data.
+    async fn probe(&self) -> anyhow::Result<()> {
+        let mut kv = KvClient::new(self.view.channel());
+        let req = RangeRequest {
+            key: self.settings.path.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        tokio::time::timeout(PROBE_EVERY, kv.range(req))
+            .await
+            .context("the agent did not answer a read in time")?
+            .context("the agent could not answer a read")?;
+        Ok(())
+    }
+
     fn publish(&self, index: Index) {
         *self.shared.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
     }
 
-    async fn apply(&self, snap: &Snapshot, interest: &Interest, prefix: &str) {
+    async fn apply(&self, snap: &Snapshot, interest: &Interest, prefix: &str, probe: Option<&str>) {
         let prev = self.shared.index();
         if !snap.covers(interest) {
             return;
         }
-        if snap.revision() == prev.revision && prev.stale.as_deref() == snap.stale() {
+        let stale = snap.stale().or(probe).map(str::to_string);
+        if snap.revision() == prev.revision && prev.stale == stale {
             return;
         }
         if snap.revision() == prev.revision {
             // Only staleness changed: keep the records, say why.
             let mut next = (*prev).clone();
-            next.stale = snap.stale().map(str::to_string);
+            next.stale = stale;
             self.publish(next);
             return;
         }
@@ -243,7 +269,7 @@ impl Indexer {
                 .map(|(k, e)| (*k, e.value.as_slice(), e.lease, e.mod_revision)),
             Some(&prev),
         );
-        next.stale = snap.stale().map(str::to_string);
+        next.stale = stale;
         let unknown: Vec<i64> = next
             .lease_ids()
             .into_iter()
@@ -253,7 +279,11 @@ impl Indexer {
             let fresh = self.lease_ttls(&unknown).await;
             next.leases.extend(fresh);
         }
-        tracing::debug!(revision = next.revision, records = next.items.len(), "dns: index");
+        tracing::debug!(
+            revision = next.revision,
+            records = next.items.len(),
+            "dns: index"
+        );
         self.publish(next);
     }
 

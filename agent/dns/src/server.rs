@@ -62,7 +62,9 @@ impl RequestHandler for Handler {
         let mut meta = hickory_proto::op::Metadata::response_from_request(&request.metadata);
         meta.recursion_available = !self.0.forward.is_empty();
         let queries = request.queries.queries();
-        if request.metadata.op_code != OpCode::Query || request.metadata.message_type != MessageType::Query {
+        if request.metadata.op_code != OpCode::Query
+            || request.metadata.message_type != MessageType::Query
+        {
             meta.response_code = ResponseCode::NotImp;
             return send(&mut handle, builder.build(meta, [], [], [], []), request).await;
         }
@@ -94,7 +96,8 @@ impl RequestHandler for Handler {
                 match forward(&self.0.forward, request.as_slice()).await {
                     Some(m) => {
                         meta.response_code = m.metadata.response_code;
-                        meta.authoritative = m.metadata.authoritative;
+                        // Relayed, not ours: never authoritative.
+                        meta.authoritative = false;
                         meta.truncation = m.metadata.truncation;
                         meta.authentic_data = m.metadata.authentic_data;
                         let resp = builder.build(

@@ -29,7 +29,13 @@ fn index(zones: &[&str], services: &[(&str, &str, i64)]) -> Index {
     let s = settings(zones);
     let keys: Vec<(String, Vec<u8>, i64)> = services
         .iter()
-        .map(|(n, v, l)| (cairn_view::skydns::key_of("/skydns", n), v.as_bytes().to_vec(), *l))
+        .map(|(n, v, l)| {
+            (
+                cairn_view::skydns::key_of("/skydns", n),
+                v.as_bytes().to_vec(),
+                *l,
+            )
+        })
         .collect();
     Index::build(
         s,
@@ -101,26 +107,97 @@ fn assert_nxdomain(idx: &Index, name: &str, t: RecordType) {
 /// `lookup_test.go`'s services.
 fn lookup_services() -> Index {
     index(
-        &["skydns.test.", "skydns_zonea.test.", "skydns_zoneb.test.", "skydns_zonec.test.", "skydns_zoned.test.", "in-addr.arpa."],
         &[
-            ("a.server1.dev.region1.skydns.test.", r#"{"host":"dev.server1","port":8080}"#, 0),
-            ("a.server1.prod.region1.skydns.test.", r#"{"host":"10.0.0.1","port":8080}"#, 0),
-            ("b.server1.prod.region1.skydns.test.", r#"{"host":"10.0.0.2","port":8080}"#, 0),
-            ("b.server6.prod.region1.skydns.test.", r#"{"host":"::1","port":8080}"#, 0),
-            ("a.txt.server1.prod.region1.skydns.test.", r#"{"text":"sometext"}"#, 0),
-            ("b.txt.server1.prod.region1.skydns.test.", r#"{"text":"moretext"}"#, 0),
-            ("cname.prod.region1.skydns.test.", r#"{"host":"unresolvable.skydns.test"}"#, 0),
-            ("priority.skydns.test.", r#"{"host":"priority.server1","priority":333,"port":8080}"#, 0),
-            ("a.sub.region1.skydns.test.", r#"{"host":"sub.server1","port":0}"#, 0),
-            ("b.sub.region1.skydns.test.", r#"{"host":"sub.server2","port":80}"#, 0),
-            ("c.sub.region1.skydns.test.", r#"{"host":"10.0.0.1","port":8080}"#, 0),
-            ("a.targetstrip.skydns.test.", r#"{"host":"10.0.0.1","port":8080,"targetstrip":1}"#, 0),
-            ("b.cname.skydns.test.", r#"{"host":"a.cname.skydns.test"}"#, 0),
-            ("a.cname.skydns.test.", r#"{"host":"b.cname.skydns.test"}"#, 0),
+            "skydns.test.",
+            "skydns_zonea.test.",
+            "skydns_zoneb.test.",
+            "skydns_zonec.test.",
+            "skydns_zoned.test.",
+            "in-addr.arpa.",
+        ],
+        &[
+            (
+                "a.server1.dev.region1.skydns.test.",
+                r#"{"host":"dev.server1","port":8080}"#,
+                0,
+            ),
+            (
+                "a.server1.prod.region1.skydns.test.",
+                r#"{"host":"10.0.0.1","port":8080}"#,
+                0,
+            ),
+            (
+                "b.server1.prod.region1.skydns.test.",
+                r#"{"host":"10.0.0.2","port":8080}"#,
+                0,
+            ),
+            (
+                "b.server6.prod.region1.skydns.test.",
+                r#"{"host":"::1","port":8080}"#,
+                0,
+            ),
+            (
+                "a.txt.server1.prod.region1.skydns.test.",
+                r#"{"text":"sometext"}"#,
+                0,
+            ),
+            (
+                "b.txt.server1.prod.region1.skydns.test.",
+                r#"{"text":"moretext"}"#,
+                0,
+            ),
+            (
+                "cname.prod.region1.skydns.test.",
+                r#"{"host":"unresolvable.skydns.test"}"#,
+                0,
+            ),
+            (
+                "priority.skydns.test.",
+                r#"{"host":"priority.server1","priority":333,"port":8080}"#,
+                0,
+            ),
+            (
+                "a.sub.region1.skydns.test.",
+                r#"{"host":"sub.server1","port":0}"#,
+                0,
+            ),
+            (
+                "b.sub.region1.skydns.test.",
+                r#"{"host":"sub.server2","port":80}"#,
+                0,
+            ),
+            (
+                "c.sub.region1.skydns.test.",
+                r#"{"host":"10.0.0.1","port":8080}"#,
+                0,
+            ),
+            (
+                "a.targetstrip.skydns.test.",
+                r#"{"host":"10.0.0.1","port":8080,"targetstrip":1}"#,
+                0,
+            ),
+            (
+                "b.cname.skydns.test.",
+                r#"{"host":"a.cname.skydns.test"}"#,
+                0,
+            ),
+            (
+                "a.cname.skydns.test.",
+                r#"{"host":"b.cname.skydns.test"}"#,
+                0,
+            ),
             ("a.ns.dns.skydns.test.", r#"{"host":"10.0.0.2"}"#, 0),
             ("b.ns.dns.skydns.test.", r#"{"host":"10.0.0.3"}"#, 0),
-            ("ns1.c.ns.dns.skydns.test.", r#"{"host":"10.0.0.4","targetstrip":1}"#, 0),
-            ("ns2.c.ns.dns.skydns.test.", r#"{"host":"10.0.0.5","targetstrip":1}"#, 0),
+            (
+                "ns1.c.ns.dns.skydns.test.",
+                r#"{"host":"10.0.0.4","targetstrip":1}"#,
+                0,
+            ),
+            (
+                "ns2.c.ns.dns.skydns.test.",
+                r#"{"host":"10.0.0.5","targetstrip":1}"#,
+                0,
+            ),
             ("x.skydns_zonea.test.", r#"{"host":"10.0.0.2"}"#, 0),
             ("y.skydns_zonea.test.", r#"{"host":"10.0.0.3"}"#, 0),
             ("x.skydns_zoneb.test.", r#"{"host":"10.0.0.2"}"#, 0),
@@ -128,15 +205,43 @@ fn lookup_services() -> Index {
             ("apex.dns.skydns_zoneb.test.", r#"{"host":"10.0.0.4"}"#, 0),
             ("x.skydns_zonec.test.", r#"{"host":"10.0.0.2"}"#, 0),
             ("y.skydns_zonec.test.", r#"{"host":"10.0.0.3"}"#, 0),
-            ("a1.apex.dns.skydns_zonec.test.", r#"{"host":"10.0.0.4"}"#, 0),
-            ("a2.apex.dns.skydns_zonec.test.", r#"{"host":"10.0.0.5"}"#, 0),
+            (
+                "a1.apex.dns.skydns_zonec.test.",
+                r#"{"host":"10.0.0.4"}"#,
+                0,
+            ),
+            (
+                "a2.apex.dns.skydns_zonec.test.",
+                r#"{"host":"10.0.0.5"}"#,
+                0,
+            ),
             ("x.skydns_zoned.test.", r#"{"host":"10.0.0.2"}"#, 0),
             ("y.skydns_zoned.test.", r#"{"host":"10.0.0.3"}"#, 0),
-            ("a1.apex.dns.skydns_zoned.test.", r#"{"host":"10.0.0.4"}"#, 0),
-            ("a2.apex.dns.skydns_zoned.test.", r#"{"host":"10.0.0.5"}"#, 0),
-            ("a3.apex.dns.skydns_zoned.test.", r#"{"host":"2003::8:1"}"#, 0),
-            ("a4.apex.dns.skydns_zoned.test.", r#"{"host":"2003::8:2"}"#, 0),
-            ("1.0.0.10.in-addr.arpa.", r#"{"host":"reverse.example.com"}"#, 0),
+            (
+                "a1.apex.dns.skydns_zoned.test.",
+                r#"{"host":"10.0.0.4"}"#,
+                0,
+            ),
+            (
+                "a2.apex.dns.skydns_zoned.test.",
+                r#"{"host":"10.0.0.5"}"#,
+                0,
+            ),
+            (
+                "a3.apex.dns.skydns_zoned.test.",
+                r#"{"host":"2003::8:1"}"#,
+                0,
+            ),
+            (
+                "a4.apex.dns.skydns_zoned.test.",
+                r#"{"host":"2003::8:2"}"#,
+                0,
+            ),
+            (
+                "1.0.0.10.in-addr.arpa.",
+                r#"{"host":"reverse.example.com"}"#,
+                0,
+            ),
         ],
     )
 }
@@ -151,7 +256,10 @@ fn srv_with_a_name_target() {
     // Case does not matter for the lookup; the owner keeps the question's.
     let r = ask(&idx, "a.SERVer1.dEv.region1.skydns.tEst.", RecordType::SRV);
     assert_eq!(r.answers.len(), 1);
-    assert_eq!(r.answers[0].name.to_ascii(), "a.SERVer1.dEv.region1.skydns.tEst.");
+    assert_eq!(
+        r.answers[0].name.to_ascii(),
+        "a.SERVer1.dEv.region1.skydns.tEst."
+    );
 }
 
 #[test]
@@ -164,14 +272,20 @@ fn a_aaaa_and_srv_with_ip_targets() {
     let r = ask(&idx, "a.server1.prod.region1.skydns.test.", RecordType::SRV);
     assert_eq!(
         lines(&r.answers),
-        ["a.server1.prod.region1.skydns.test. 300 SRV 10 100 8080 a.server1.prod.region1.skydns.test."]
+        [
+            "a.server1.prod.region1.skydns.test. 300 SRV 10 100 8080 a.server1.prod.region1.skydns.test."
+        ]
     );
     assert_eq!(
         lines(&r.additional),
         ["a.server1.prod.region1.skydns.test. 300 A 10.0.0.1"]
     );
     assert_eq!(
-        answers(&idx, "b.server6.prod.region1.skydns.test.", RecordType::AAAA),
+        answers(
+            &idx,
+            "b.server6.prod.region1.skydns.test.",
+            RecordType::AAAA
+        ),
         ["b.server6.prod.region1.skydns.test. 300 AAAA ::1"]
     );
     // An IPv6 host has no A record: the name exists, NODATA.
@@ -198,7 +312,10 @@ fn a_name_returns_its_whole_subtree() {
             "sub.region1.skydns.test. 300 SRV 10 33 8080 c.sub.region1.skydns.test.",
         ])
     );
-    assert_eq!(lines(&r.additional), ["c.sub.region1.skydns.test. 300 A 10.0.0.1"]);
+    assert_eq!(
+        lines(&r.additional),
+        ["c.sub.region1.skydns.test. 300 A 10.0.0.1"]
+    );
 }
 
 #[test]
@@ -213,15 +330,34 @@ fn srv_priority_targetstrip_and_weights() {
         lines(&r.answers),
         ["targetstrip.skydns.test. 300 SRV 10 100 8080 targetstrip.skydns.test."]
     );
-    assert_eq!(lines(&r.additional), ["targetstrip.skydns.test. 300 A 10.0.0.1"]);
+    assert_eq!(
+        lines(&r.additional),
+        ["targetstrip.skydns.test. 300 A 10.0.0.1"]
+    );
     // crates notes / CoreDNS: 120/100/130 in one priority → 34/28/37.
     let idx = index(
         &["skydns.local."],
         &[
-            ("a.w.skydns.local.", r#"{"host":"a.example.","port":1,"weight":120}"#, 0),
-            ("b.w.skydns.local.", r#"{"host":"b.example.","port":1,"weight":100}"#, 0),
-            ("c.w.skydns.local.", r#"{"host":"c.example.","port":1,"weight":130}"#, 0),
-            ("d.w.skydns.local.", r#"{"host":"d.example.","port":1,"priority":20}"#, 0),
+            (
+                "a.w.skydns.local.",
+                r#"{"host":"a.example.","port":1,"weight":120}"#,
+                0,
+            ),
+            (
+                "b.w.skydns.local.",
+                r#"{"host":"b.example.","port":1,"weight":100}"#,
+                0,
+            ),
+            (
+                "c.w.skydns.local.",
+                r#"{"host":"c.example.","port":1,"weight":130}"#,
+                0,
+            ),
+            (
+                "d.w.skydns.local.",
+                r#"{"host":"d.example.","port":1,"priority":20}"#,
+                0,
+            ),
         ],
     );
     assert_eq!(
@@ -239,7 +375,11 @@ fn srv_priority_targetstrip_and_weights() {
 fn nxdomain_and_nodata_carry_the_soa() {
     let idx = lookup_services();
     assert_nxdomain(&idx, "doesnotexist.skydns.test.", RecordType::A);
-    assert_nxdomain(&idx, "a.server1.nonexistent.region1.skydns.test.", RecordType::HINFO);
+    assert_nxdomain(
+        &idx,
+        "a.server1.nonexistent.region1.skydns.test.",
+        RecordType::HINFO,
+    );
     // CoreDNS's NODATA case asks TXT of a record whose host is the name
     // `dev.server1`: CoreDNS asks its upstream for it and, failing, answers
     // nothing. cairn answers the CNAME alone (RFC 1034 4.3.2: the client's
@@ -249,7 +389,11 @@ fn nxdomain_and_nodata_carry_the_soa() {
         answers(&idx, "a.server1.dev.region1.skydns.test.", RecordType::TXT),
         ["a.server1.dev.region1.skydns.test. 300 CNAME dev.server1."]
     );
-    assert_nodata(&idx, "a.server1.dev.region1.skydns.test.", RecordType::HINFO);
+    assert_nodata(
+        &idx,
+        "a.server1.dev.region1.skydns.test.",
+        RecordType::HINFO,
+    );
     // A name with only keys below it (an empty non-terminal) exists.
     assert_nodata(&idx, "region1.skydns.test.", RecordType::HINFO);
     // NS below the apex: the name does not exist.
@@ -300,7 +444,11 @@ fn cnames_unresolvable_and_loops() {
 fn txt_records() {
     let idx = lookup_services();
     assert_eq!(
-        answers(&idx, "txt.server1.prod.region1.skydns.test.", RecordType::TXT),
+        answers(
+            &idx,
+            "txt.server1.prod.region1.skydns.test.",
+            RecordType::TXT
+        ),
         sorted(&[
             "txt.server1.prod.region1.skydns.test. 300 TXT moretext",
             "txt.server1.prod.region1.skydns.test. 300 TXT sometext",
@@ -310,13 +458,28 @@ fn txt_records() {
     let idx = index(
         &["skydns.local."],
         &[
-            ("x6.skydns.local.", r#"{"ttl":60,"text":"this is a random text message."}"#, 0),
-            ("x7.skydns.local.", r#"{"ttl":60,"text":"this is a another random text message."}"#, 0),
-            ("big.skydns.local.", &format!(r#"{{"text":"{}"}}"#, "0".repeat(600)), 0),
+            (
+                "x6.skydns.local.",
+                r#"{"ttl":60,"text":"this is a random text message."}"#,
+                0,
+            ),
+            (
+                "x7.skydns.local.",
+                r#"{"ttl":60,"text":"this is a another random text message."}"#,
+                0,
+            ),
+            (
+                "big.skydns.local.",
+                &format!(r#"{{"text":"{}"}}"#, "0".repeat(600)),
+                0,
+            ),
         ],
     );
     let r = answers(&idx, "x6.skydns.local.", RecordType::TXT);
-    assert_eq!(r, ["x6.skydns.local. 60 TXT this is a random text message."]);
+    assert_eq!(
+        r,
+        ["x6.skydns.local. 60 TXT this is a random text message."]
+    );
     // Long text is split in 255-byte strings.
     let r = ask(&idx, "big.skydns.local.", RecordType::TXT);
     match &r.answers[0].data {
@@ -407,7 +570,10 @@ fn apex_soa_ns_and_address_records() {
     // Zone name as A: the whole zone without apex.dns, else apex.dns only.
     assert_eq!(
         answers(&idx, "skydns_zonea.test.", RecordType::A),
-        sorted(&["skydns_zonea.test. 300 A 10.0.0.2", "skydns_zonea.test. 300 A 10.0.0.3"])
+        sorted(&[
+            "skydns_zonea.test. 300 A 10.0.0.2",
+            "skydns_zonea.test. 300 A 10.0.0.3"
+        ])
     );
     assert_eq!(
         answers(&idx, "skydns_zoneb.test.", RecordType::A),
@@ -415,11 +581,17 @@ fn apex_soa_ns_and_address_records() {
     );
     assert_eq!(
         answers(&idx, "skydns_zonec.test.", RecordType::A),
-        sorted(&["skydns_zonec.test. 300 A 10.0.0.4", "skydns_zonec.test. 300 A 10.0.0.5"])
+        sorted(&[
+            "skydns_zonec.test. 300 A 10.0.0.4",
+            "skydns_zonec.test. 300 A 10.0.0.5"
+        ])
     );
     assert_eq!(
         answers(&idx, "skydns_zoned.test.", RecordType::AAAA),
-        sorted(&["skydns_zoned.test. 300 AAAA 2003::8:1", "skydns_zoned.test. 300 AAAA 2003::8:2"])
+        sorted(&[
+            "skydns_zoned.test. 300 AAAA 2003::8:1",
+            "skydns_zoned.test. 300 AAAA 2003::8:2"
+        ])
     );
     // A zone without NS keys still answers NS at its apex (the SOA's name).
     let idx = index(&["skydns.local."], &[]);
@@ -441,7 +613,11 @@ fn reverse_zone_ptr() {
     // README: /skydns/arpa/in-addr/10/0/0/127 in zone 0.0.10.in-addr.arpa.
     let idx = index(
         &["skydns.local.", "0.0.10.in-addr.arpa."],
-        &[("127.0.0.10.in-addr.arpa.", r#"{"host":"reverse.skydns.local."}"#, 0)],
+        &[(
+            "127.0.0.10.in-addr.arpa.",
+            r#"{"host":"reverse.skydns.local."}"#,
+            0,
+        )],
     );
     assert_eq!(
         idx.key_of("127.0.0.10.in-addr.arpa."),
@@ -458,14 +634,46 @@ fn mx_records() {
     let idx = index(
         &["skydns.test."],
         &[
-            ("a.server1.dev.region1.skydns.test.", r#"{"host":"dev.server1","port":8080}"#, 0),
-            ("a.mail.skydns.test.", r#"{"host":"mx.skydns.test","priority":50,"mail":true}"#, 0),
-            ("b.mail.skydns.test.", r#"{"host":"mx.miek.nl","priority":50,"mail":true}"#, 0),
-            ("a.mx.skydns.test.", r#"{"host":"a.ipaddr.skydns.test","priority":30,"mail":true}"#, 0),
-            ("a.mx2.skydns.test.", r#"{"host":"a.ipaddr.skydns.test","mail":true}"#, 0),
-            ("b.mx2.skydns.test.", r#"{"host":"b.ipaddr.skydns.test","mail":true}"#, 0),
-            ("a.mx3.skydns.test.", r#"{"host":"a.ipaddr.skydns.test","priority":20,"mail":true}"#, 0),
-            ("b.mx3.skydns.test.", r#"{"host":"a.ipaddr.skydns.test","priority":30,"mail":true}"#, 0),
+            (
+                "a.server1.dev.region1.skydns.test.",
+                r#"{"host":"dev.server1","port":8080}"#,
+                0,
+            ),
+            (
+                "a.mail.skydns.test.",
+                r#"{"host":"mx.skydns.test","priority":50,"mail":true}"#,
+                0,
+            ),
+            (
+                "b.mail.skydns.test.",
+                r#"{"host":"mx.miek.nl","priority":50,"mail":true}"#,
+                0,
+            ),
+            (
+                "a.mx.skydns.test.",
+                r#"{"host":"a.ipaddr.skydns.test","priority":30,"mail":true}"#,
+                0,
+            ),
+            (
+                "a.mx2.skydns.test.",
+                r#"{"host":"a.ipaddr.skydns.test","mail":true}"#,
+                0,
+            ),
+            (
+                "b.mx2.skydns.test.",
+                r#"{"host":"b.ipaddr.skydns.test","mail":true}"#,
+                0,
+            ),
+            (
+                "a.mx3.skydns.test.",
+                r#"{"host":"a.ipaddr.skydns.test","priority":20,"mail":true}"#,
+                0,
+            ),
+            (
+                "b.mx3.skydns.test.",
+                r#"{"host":"a.ipaddr.skydns.test","priority":30,"mail":true}"#,
+                0,
+            ),
             ("a.ipaddr.skydns.test.", r#"{"host":"172.16.1.1"}"#, 0),
             ("b.ipaddr.skydns.test.", r#"{"host":"172.16.1.2"}"#, 0),
             ("mx.skydns.test.", r#"{"host":"a.ipaddr.skydns.test"}"#, 0),
@@ -475,29 +683,50 @@ fn mx_records() {
     // Not a mail record: NODATA.
     assert_nodata(&idx, "a.server1.dev.region1.skydns.test.", RecordType::MX);
     let r = ask(&idx, "a.mail.skydns.test.", RecordType::MX);
-    assert_eq!(lines(&r.answers), ["a.mail.skydns.test. 300 MX 50 mx.skydns.test."]);
+    assert_eq!(
+        lines(&r.answers),
+        ["a.mail.skydns.test. 300 MX 50 mx.skydns.test."]
+    );
     assert_eq!(
         lines(&r.additional),
-        sorted(&["a.ipaddr.skydns.test. 300 A 172.16.1.1", "mx.skydns.test. 300 CNAME a.ipaddr.skydns.test."])
+        sorted(&[
+            "a.ipaddr.skydns.test. 300 A 172.16.1.1",
+            "mx.skydns.test. 300 CNAME a.ipaddr.skydns.test."
+        ])
     );
     let r = ask(&idx, "mx2.skydns.test.", RecordType::MX);
     assert_eq!(
         lines(&r.answers),
-        sorted(&["mx2.skydns.test. 300 MX 10 a.ipaddr.skydns.test.", "mx2.skydns.test. 300 MX 10 b.ipaddr.skydns.test."])
+        sorted(&[
+            "mx2.skydns.test. 300 MX 10 a.ipaddr.skydns.test.",
+            "mx2.skydns.test. 300 MX 10 b.ipaddr.skydns.test."
+        ])
     );
     assert_eq!(
         lines(&r.additional),
-        sorted(&["a.ipaddr.skydns.test. 300 A 172.16.1.1", "b.ipaddr.skydns.test. 300 A 172.16.1.2"])
+        sorted(&[
+            "a.ipaddr.skydns.test. 300 A 172.16.1.1",
+            "b.ipaddr.skydns.test. 300 A 172.16.1.2"
+        ])
     );
     let r = ask(&idx, "mx3.skydns.test.", RecordType::MX);
     assert_eq!(
         lines(&r.answers),
-        sorted(&["mx3.skydns.test. 300 MX 20 a.ipaddr.skydns.test.", "mx3.skydns.test. 300 MX 30 a.ipaddr.skydns.test."])
+        sorted(&[
+            "mx3.skydns.test. 300 MX 20 a.ipaddr.skydns.test.",
+            "mx3.skydns.test. 300 MX 30 a.ipaddr.skydns.test."
+        ])
     );
-    assert_eq!(lines(&r.additional), ["a.ipaddr.skydns.test. 300 A 172.16.1.1"]);
+    assert_eq!(
+        lines(&r.additional),
+        ["a.ipaddr.skydns.test. 300 A 172.16.1.1"]
+    );
     // An address host: the exchange is named after the key.
     let r = ask(&idx, "ipmx.skydns.test.", RecordType::MX);
-    assert_eq!(lines(&r.answers), ["ipmx.skydns.test. 300 MX 10 ipmx.skydns.test."]);
+    assert_eq!(
+        lines(&r.answers),
+        ["ipmx.skydns.test. 300 MX 10 ipmx.skydns.test."]
+    );
     assert_eq!(lines(&r.additional), ["ipmx.skydns.test. 300 A 10.1.1.1"]);
 }
 
@@ -506,23 +735,57 @@ fn groups_limit_aggregation() {
     let idx = index(
         &["skydns.test."],
         &[
-            ("a.dom.skydns.test.", r#"{"host":"127.0.0.1","group":"g1"}"#, 0),
-            ("b.sub.dom.skydns.test.", r#"{"host":"127.0.0.2","group":"g1"}"#, 0),
-            ("a.dom2.skydns.test.", r#"{"host":"127.0.0.1","group":"g1"}"#, 0),
-            ("b.sub.dom2.skydns.test.", r#"{"host":"127.0.0.2","group":""}"#, 0),
-            ("a.dom1.skydns.test.", r#"{"host":"127.0.0.1","group":"g1"}"#, 0),
-            ("b.sub.dom1.skydns.test.", r#"{"host":"127.0.0.2","group":"g2"}"#, 0),
+            (
+                "a.dom.skydns.test.",
+                r#"{"host":"127.0.0.1","group":"g1"}"#,
+                0,
+            ),
+            (
+                "b.sub.dom.skydns.test.",
+                r#"{"host":"127.0.0.2","group":"g1"}"#,
+                0,
+            ),
+            (
+                "a.dom2.skydns.test.",
+                r#"{"host":"127.0.0.1","group":"g1"}"#,
+                0,
+            ),
+            (
+                "b.sub.dom2.skydns.test.",
+                r#"{"host":"127.0.0.2","group":""}"#,
+                0,
+            ),
+            (
+                "a.dom1.skydns.test.",
+                r#"{"host":"127.0.0.1","group":"g1"}"#,
+                0,
+            ),
+            (
+                "b.sub.dom1.skydns.test.",
+                r#"{"host":"127.0.0.2","group":"g2"}"#,
+                0,
+            ),
             ("a.dom3.skydns.test.", r#"{"text":"foo","group":"g1"}"#, 0),
-            ("b.sub.dom3.skydns.test.", r#"{"text":"bar","group":"g1"}"#, 0),
+            (
+                "b.sub.dom3.skydns.test.",
+                r#"{"text":"bar","group":"g1"}"#,
+                0,
+            ),
         ],
     );
     assert_eq!(
         answers(&idx, "dom.skydns.test.", RecordType::A),
-        sorted(&["dom.skydns.test. 300 A 127.0.0.1", "dom.skydns.test. 300 A 127.0.0.2"])
+        sorted(&[
+            "dom.skydns.test. 300 A 127.0.0.1",
+            "dom.skydns.test. 300 A 127.0.0.2"
+        ])
     );
     assert_eq!(
         answers(&idx, "dom2.skydns.test.", RecordType::A),
-        sorted(&["dom2.skydns.test. 300 A 127.0.0.1", "dom2.skydns.test. 300 A 127.0.0.2"])
+        sorted(&[
+            "dom2.skydns.test. 300 A 127.0.0.1",
+            "dom2.skydns.test. 300 A 127.0.0.2"
+        ])
     );
     assert_eq!(
         answers(&idx, "dom1.skydns.test.", RecordType::A),
@@ -530,7 +793,10 @@ fn groups_limit_aggregation() {
     );
     assert_eq!(
         answers(&idx, "dom3.skydns.test.", RecordType::TXT),
-        sorted(&["dom3.skydns.test. 300 TXT bar", "dom3.skydns.test. 300 TXT foo"])
+        sorted(&[
+            "dom3.skydns.test. 300 TXT bar",
+            "dom3.skydns.test. 300 TXT foo"
+        ])
     );
 }
 
@@ -541,40 +807,81 @@ fn ttl_is_the_lower_of_the_record_and_the_lease() {
         &[
             ("plain.skydns.local.", r#"{"host":"10.0.0.1"}"#, 0),
             ("own.skydns.local.", r#"{"host":"10.0.0.2","ttl":60}"#, 0),
-            ("leased.skydns.local.", r#"{"host":"10.0.0.3","ttl":600}"#, 7),
+            (
+                "leased.skydns.local.",
+                r#"{"host":"10.0.0.3","ttl":600}"#,
+                7,
+            ),
             ("short.skydns.local.", r#"{"host":"10.0.0.4"}"#, 8),
-            ("unknown.skydns.local.", r#"{"host":"10.0.0.5","ttl":90}"#, 9),
+            (
+                "unknown.skydns.local.",
+                r#"{"host":"10.0.0.5","ttl":90}"#,
+                9,
+            ),
         ],
     );
     let t0 = Instant::now();
-    idx.leases.insert(7, LeaseTtl { ttl: 120, fetched: t0 });
-    idx.leases.insert(8, LeaseTtl { ttl: 5, fetched: t0 });
+    idx.leases.insert(
+        7,
+        LeaseTtl {
+            ttl: 120,
+            fetched: t0,
+        },
+    );
+    idx.leases.insert(
+        8,
+        LeaseTtl {
+            ttl: 5,
+            fetched: t0,
+        },
+    );
     let ttl = |name: &str, at: Instant| ask_at(&idx, name, RecordType::A, at).answers[0].ttl;
     assert_eq!(ttl("plain.skydns.local.", t0), 300, "CoreDNS's default");
     assert_eq!(ttl("own.skydns.local.", t0), 60);
     assert_eq!(ttl("leased.skydns.local.", t0), 120, "the lease is shorter");
     // The remaining TTL counts down from when it was asked.
-    assert_eq!(ttl("leased.skydns.local.", t0 + Duration::from_secs(50)), 70);
+    assert_eq!(
+        ttl("leased.skydns.local.", t0 + Duration::from_secs(50)),
+        70
+    );
     // ... but never below min_ttl (CoreDNS's min-lease-ttl).
     assert_eq!(ttl("short.skydns.local.", t0), 30);
-    assert_eq!(ttl("leased.skydns.local.", t0 + Duration::from_secs(500)), 30);
+    assert_eq!(
+        ttl("leased.skydns.local.", t0 + Duration::from_secs(500)),
+        30
+    );
     // A lease not (yet) known: the record's own TTL.
     assert_eq!(ttl("unknown.skydns.local.", t0), 90);
 }
 
 #[test]
 fn names_outside_the_zones_are_refused_or_forwarded() {
-    let idx = index(&["skydns.local."], &[("a.skydns.local.", r#"{"host":"10.0.0.1"}"#, 0)]);
+    let idx = index(
+        &["skydns.local."],
+        &[("a.skydns.local.", r#"{"host":"10.0.0.1"}"#, 0)],
+    );
     let q = Name::from_ascii("example.com.").unwrap();
-    assert_eq!(answer(&idx, &q, RecordType::A, Instant::now()), Outcome::Refused);
+    assert_eq!(
+        answer(&idx, &q, RecordType::A, Instant::now()),
+        Outcome::Refused
+    );
     // A name that merely ends like the zone is outside it.
     let q = Name::from_ascii("xskydns.local.").unwrap();
-    assert_eq!(answer(&idx, &q, RecordType::A, Instant::now()), Outcome::Refused);
+    assert_eq!(
+        answer(&idx, &q, RecordType::A, Instant::now()),
+        Outcome::Refused
+    );
     let mut s = (*idx.settings).clone();
     s.forward = true;
-    let idx = Index { settings: Arc::new(s), ..idx };
+    let idx = Index {
+        settings: Arc::new(s),
+        ..idx
+    };
     let q = Name::from_ascii("example.com.").unwrap();
-    assert_eq!(answer(&idx, &q, RecordType::A, Instant::now()), Outcome::Forward);
+    assert_eq!(
+        answer(&idx, &q, RecordType::A, Instant::now()),
+        Outcome::Forward
+    );
 }
 
 #[test]
@@ -585,7 +892,10 @@ fn rebuilding_reuses_unchanged_items_and_skips_bad_values() {
     let first = Index::build(
         s.clone(),
         5,
-        [(k1, br#"{"host":"10.0.0.1"}"#.as_slice(), 0, 3), (k2, b"not json".as_slice(), 0, 4)],
+        [
+            (k1, br#"{"host":"10.0.0.1"}"#.as_slice(), 0, 3),
+            (k2, b"not json".as_slice(), 0, 4),
+        ],
         None,
     );
     assert_eq!(first.items.len(), 1);
@@ -593,7 +903,10 @@ fn rebuilding_reuses_unchanged_items_and_skips_bad_values() {
     let second = Index::build(
         s,
         6,
-        [(k1, br#"{"host":"10.0.0.9"}"#.as_slice(), 0, 3), (k2, br#"{"host":"10.0.0.2"}"#.as_slice(), 0, 6)],
+        [
+            (k1, br#"{"host":"10.0.0.9"}"#.as_slice(), 0, 3),
+            (k2, br#"{"host":"10.0.0.2"}"#.as_slice(), 0, 6),
+        ],
         Some(&first),
     );
     // Same mod revision: the parsed item is shared, not re-read.
@@ -601,5 +914,8 @@ fn rebuilding_reuses_unchanged_items_and_skips_bad_values() {
         &first.items["/skydns/local/skydns/a"],
         &second.items["/skydns/local/skydns/a"]
     ));
-    assert_eq!(second.items["/skydns/local/skydns/b"].record.host, "10.0.0.2");
+    assert_eq!(
+        second.items["/skydns/local/skydns/b"].record.host,
+        "10.0.0.2"
+    );
 }

@@ -20,6 +20,7 @@ mod compaction;
 mod config;
 mod crash;
 mod discovery;
+mod dns_server;
 mod etcdctl;
 mod http;
 mod kv;
