@@ -132,7 +132,7 @@ impl Dns {
             let n = idx
                 .items
                 .keys()
-                .filter(|k| idx.name_of(k).as_str().pipe(|n| index::in_zone(n, z)))
+                .filter(|k| index::in_zone(&idx.name_of(k), z))
                 .count();
             per_zone.insert(z.clone(), n.into());
         }
@@ -154,13 +154,6 @@ impl Dns {
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 /// Turns view snapshots into indexes.
 struct Indexer {
