@@ -234,15 +234,11 @@ impl Cx<'_> {
                         out.push(cname);
                     }
                 }
-                Host::V4(a) if qtype == RecordType::A => {
-                    if seen.insert(s.record.host.clone()) {
-                        out.push(self.rr(owner, s, RData::A(A(a))));
-                    }
+                Host::V4(a) if qtype == RecordType::A && seen.insert(s.record.host.clone()) => {
+                    out.push(self.rr(owner, s, RData::A(A(a))));
                 }
-                Host::V6(a) if qtype == RecordType::AAAA => {
-                    if seen.insert(s.record.host.clone()) {
-                        out.push(self.rr(owner, s, RData::AAAA(AAAA(a))));
-                    }
+                Host::V6(a) if qtype == RecordType::AAAA && seen.insert(s.record.host.clone()) => {
+                    out.push(self.rr(owner, s, RData::AAAA(AAAA(a))));
                 }
                 _ => {}
             }
@@ -271,11 +267,9 @@ impl Cx<'_> {
                         out.push(cname);
                     }
                 }
-                Host::Text => {
-                    if seen.insert(s.record.text.clone()) {
-                        let txt = TXT::new(split255(&s.record.text));
-                        out.push(self.rr(owner, s, RData::TXT(txt)));
-                    }
+                Host::Text if seen.insert(s.record.text.clone()) => {
+                    let txt = TXT::new(split255(&s.record.text));
+                    out.push(self.rr(owner, s, RData::TXT(txt)));
                 }
                 _ => {}
             }

@@ -63,13 +63,24 @@ impl Dns {
         view: View,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Dns> {
-        let udp = tokio::net::UdpSocket::bind(cfg.listen)
-            .await
-            .with_context(|| format!("[dns] listen: binding UDP {}", cfg.listen))?;
+        // One UDP socket per core (SO_REUSEPORT): hickory runs one receive
+        // loop per socket, and the kernel spreads clients over them.
+        let loops = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let bind_udp = |a: SocketAddr| {
+            udp_socket(a).with_context(|| format!("[dns] listen: binding UDP {}", cfg.listen))
+        };
+        let first = bind_udp(cfg.listen)?;
+        let udp_addr = first.local_addr()?;
+        let mut udps = vec![first];
+        for _ in 1..loops {
+            udps.push(bind_udp(udp_addr)?);
+        }
         let tcp = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("[dns] listen: binding TCP {}", cfg.listen))?;
-        let (udp_addr, tcp_addr) = (udp.local_addr()?, tcp.local_addr()?);
+        let tcp_addr = tcp.local_addr()?;
         let settings = Arc::new(Settings::from(cfg));
         let shared = Arc::new(Shared {
             index: RwLock::new(Arc::new(Index::empty(settings.clone()))),
@@ -78,7 +89,9 @@ impl Dns {
             forwarded: AtomicU64::new(0),
         });
         let mut server = hickory_server::Server::new(Handler(shared.clone()));
-        server.register_socket(udp);
+        for u in udps {
+            server.register_socket(u);
+        }
         server.register_listener(tcp, TCP_IDLE, 64);
         tokio::spawn({
             let mut stop = stop.clone();
@@ -148,6 +161,17 @@ impl Dns {
             "forwarded": self.shared.forwarded.load(Ordering::Relaxed),
         })
     }
+}
+
+/// A non-blocking UDP socket on `addr` with SO_REUSEPORT (a port another
+/// process holds without it still fails to bind).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
 }
 
 /// Resolves when `stop` turns true (or its sender is gone).
