@@ -191,7 +191,10 @@ pub async fn run(o: Opts) -> Result<()> {
         }
     };
     let mut c = connect(std::slice::from_ref(&endpoint), 1).await?.remove(0);
-    eprintln!("dns: writing {} names under /skydns/{zone_key}/bench/", o.names);
+    eprintln!(
+        "dns: writing {} names under /skydns/{zone_key}/bench/",
+        o.names
+    );
     let mut names = Vec::with_capacity(o.names);
     for i in 0..o.names {
         let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
@@ -234,14 +237,19 @@ pub async fn run(o: Opts) -> Result<()> {
     let mut all = Vec::new();
     let mut lost = 0;
     for t in threads {
-        let (l, x) = t.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        let (l, x) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
         all.extend(l);
         lost += x;
     }
     let elapsed = started.elapsed();
     let load = stats(all, lost, elapsed);
 
-    eprintln!("dns: {} changes, each put then asked until answered", o.changes);
+    eprintln!(
+        "dns: {} changes, each put then asked until answered",
+        o.changes
+    );
     let key = format!("/skydns/{zone_key}/bench/moving");
     let name = format!("moving.bench.{zone}");
     let mut visible = Vec::with_capacity(o.changes);
@@ -250,7 +258,8 @@ pub async fn run(o: Opts) -> Result<()> {
         let want = [10, 200, (i >> 8) as u8, i as u8];
         let ip = format!("{}.{}.{}.{}", want[0], want[1], want[2], want[3]);
         let t0 = Instant::now();
-        c.put(key.as_str(), format!(r#"{{"host":"{ip}"}}"#), None).await?;
+        c.put(key.as_str(), format!(r#"{{"host":"{ip}"}}"#), None)
+            .await?;
         loop {
             id = id.wrapping_add(1);
             if ask_once(&probe, id, &name) == Some(want) {
