@@ -64,7 +64,10 @@ impl Dns {
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Dns> {
         // One UDP socket per core (SO_REUSEPORT): hickory runs one receive
-        // loop per socket, and the kernel spreads clients over them.
+        // loop per socket, and the kernel spreads clients over them. Another
+        // cairn already serving this address shares a UDP port that way,
+        // but its TCP listener (no SO_REUSEPORT) makes our TCP bind below
+        // fail, so a second agent on one address still stops.
         let loops = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
