@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh Debian machine,
 # installing what the tests need (Debian's etcd as the reference server,
-# etcdctl as an independent client, protoc for the etcd-client crate).
+# etcdctl as an independent client, protoc for the etcd-client crate, dig and
+# kdig for the DNS tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v dig >/dev/null || need+=(dnsutils)
+command -v kdig >/dev/null || need+=(knot-dnsutils)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

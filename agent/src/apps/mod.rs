@@ -112,6 +112,7 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
     let (doc, base_dir) = read_doc(cfg)?;
     cairn_services::parse(&doc)?;
     cairn_render::RenderConfig::from_doc(&doc, &base_dir)?;
+    cairn_dns::DnsConfig::from_doc(&doc)?;
     Ok(())
 }
 

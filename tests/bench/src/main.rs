@@ -30,6 +30,8 @@
 //! cairn-bench compare --members 3 --workloads put-1,put-100,range-l,range-s,watch
 //! # one workload against a server that is already running:
 //! cairn-bench run --endpoints http://127.0.0.1:2379 put-100 [--pid PID for memory]
+//! # cairn's DNS server: UDP q/s, p50/p99, key change → answer (dns.rs):
+//! cairn-bench dns [--secs 10] [--sockets 4] [--inflight 64] [--changes 200]
 //! ```
 //!
 //! The cairn binary defaults to `CAIRN_BIN`, else `cairn` next to this tool
@@ -48,6 +50,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
 mod compaction;
+mod dns;
 mod prefix_delete;
 mod render;
 mod roles;
@@ -202,6 +205,9 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         changes: usize,
     },
+    /// cairn's DNS server (`[dns]`): UDP answers/s and latency with
+    /// pipelined sockets, and key change → new DNS answer latency.
+    Dns(dns::Opts),
     /// Run workloads against a server that is already running.
     Run {
         #[arg(long)]
@@ -495,6 +501,7 @@ async fn main() -> Result<()> {
                 );
             }
         }
+        Cmd::Dns(o) => dns::run(o).await?,
         Cmd::Run {
             endpoints,
             pid,

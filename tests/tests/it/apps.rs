@@ -31,8 +31,10 @@ async fn health_server(up: Arc<AtomicBool>) -> u16 {
                 let _ = s.read(&mut buf).await;
                 let _ = s
                     .write_all(
-                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                            .as_bytes(),
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     )
                     .await;
             });
@@ -163,11 +165,23 @@ check = {{ http = "http://127.0.0.1:{health}/", interval = "200ms" }}
 
     // web1's check fails: it goes from the file and from DNS.
     up.store(false, Ordering::SeqCst);
-    both(&upstream_file, dns_port, &[8082], "web1 gone on a failing check").await;
+    both(
+        &upstream_file,
+        dns_port,
+        &[8082],
+        "web1 gone on a failing check",
+    )
+    .await;
     // It recovers.
     up.store(true, Ordering::SeqCst);
     both(&upstream_file, dns_port, &[8081, 8082], "web1 back").await;
     // web2's agent is killed: its record expires with its lease.
     c.kill9(b);
-    both(&upstream_file, dns_port, &[8081], "web2 gone with its lease").await;
+    both(
+        &upstream_file,
+        dns_port,
+        &[8081],
+        "web2 gone with its lease",
+    )
+    .await;
 }

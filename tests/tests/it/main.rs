@@ -14,12 +14,14 @@
 //! ```
 
 mod alarms;
+mod apps;
 mod auth;
 mod cluster;
 mod compaction;
 mod config;
 mod crash;
 mod discovery;
+mod dns_server;
 mod etcdctl;
 mod http;
 mod kv;
