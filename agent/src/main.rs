@@ -280,7 +280,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let apps = cairn_agent::apps::start(&cfg, stop_rx.clone()).await?;
     serve::spawn_listeners(
         &mut tasks,
-        || serve::routes(&api, apps.router.clone()),
+        || serve::routes(&api, &apps),
         tcp,
         client_tls,
         unix,

@@ -48,7 +48,7 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let apps = crate::apps::start(&cfg, stop_rx.clone()).await?;
-    let http = router(proxy.clone(), cfg.enable_v2).merge(apps.router.clone());
+    let http = apps.wrap(router(proxy.clone(), cfg.enable_v2));
     let routes =
         || serve::service_routes(proxy.clone(), cfg.max_request_bytes as usize, http.clone());
     let mut tasks = tokio::task::JoinSet::new();

@@ -25,11 +25,11 @@ use authority::AuthorityRewriter;
 
 /// Every route of a member's client port: gRPC services first, HTTP after
 /// (the member's own, then `apps`: services, DNS and render status).
-pub fn routes(api: &Api, apps: axum::Router) -> Routes {
+pub fn routes(api: &Api, apps: &crate::apps::Apps) -> Routes {
     service_routes(
         api.clone(),
         api.settings.max_request_bytes,
-        crate::http::router(api.clone()).merge(apps),
+        apps.wrap(crate::http::router(api.clone())),
     )
 }
 

@@ -105,7 +105,8 @@ pub fn rfc3339(unix: f64) -> String {
     )
 }
 
-fn metrics(st: &Status) -> String {
+/// The renderer's counters and gauges, Prometheus text.
+pub fn metrics(st: &Status) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
         out.push_str(&format!(

@@ -16,6 +16,7 @@ use crate::config::{Config, ListenAddr};
 
 pub mod dns;
 pub mod render;
+pub mod report;
 
 /// What every application gets to start with.
 pub struct Ctx {
@@ -50,9 +51,20 @@ impl Ctx {
 pub struct Apps {
     pub router: Router,
     services: Option<cairn_services::Registry>,
+    probes: std::sync::Arc<Vec<report::Probe>>,
 }
 
 impl Apps {
+    /// `http` (a role's own HTTP routes) with the applications' routes, and
+    /// their problems and metrics added to its `/health` and `/metrics`.
+    pub fn wrap(&self, http: Router) -> Router {
+        http.merge(self.router.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.probes.clone(),
+                report::layer,
+            ))
+    }
+
     /// Stops what must be undone before the agent goes: services revoke
     /// their leases so their records vanish now, not a TTL later.
     pub async fn shutdown(&self) {
@@ -151,15 +163,19 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         ctx.stop.clone(),
     ));
     let mut router = cairn_services::http::router(registry.clone());
-    if let Some(r) = dns::start(&ctx).await.context("[dns]")? {
+    let mut probes = Vec::new();
+    if let Some((r, p)) = dns::start(&ctx).await.context("[dns]")? {
         router = router.merge(r);
+        probes.push(p);
     }
-    if let Some(r) = render::start(&ctx).await.context("[[template]]")? {
+    if let Some((r, p)) = render::start(&ctx).await.context("[[template]]")? {
         router = router.merge(r);
+        probes.push(p);
     }
     Ok(Apps {
         router,
         services: Some(registry),
+        probes: std::sync::Arc::new(probes),
     })
 }
 

@@ -4,11 +4,12 @@ use axum::Router;
 use cairn_render::{Options, RenderConfig, Renderer};
 
 use super::Ctx;
+use super::report::{Probe, Report};
 
 /// Starts the renderer if templates are configured; returns its HTTP routes
 /// (`GET /v1/render`, `GET /v1/render/metrics`). A bad table stops the
 /// agent before it serves; everything after that is reported, never fatal.
-pub async fn start(ctx: &Ctx) -> anyhow::Result<Option<Router>> {
+pub async fn start(ctx: &Ctx) -> anyhow::Result<Option<(Router, Probe)>> {
     let Some(cfg) = RenderConfig::from_doc(&ctx.doc, &ctx.base_dir)? else {
         return Ok(None);
     };
@@ -23,5 +24,23 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<Option<Router>> {
             notify_systemd: true,
         },
     );
-    Ok(Some(cairn_render::status::router(renderer.status())))
+    let status = renderer.status();
+    let probe_status = status.clone();
+    let probe: Probe = std::sync::Arc::new(move || {
+        let st = probe_status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut problems = Vec::new();
+        if let Some(why) = &st.stale {
+            problems.push(format!("render: stale, files kept as they are: {why}"));
+        }
+        for t in &st.templates {
+            if let Some(e) = &t.last_error {
+                problems.push(format!("render: {}: {e}", t.destination));
+            }
+        }
+        Report {
+            problems,
+            metrics: cairn_render::status::metrics(&st),
+        }
+    });
+    Ok(Some((cairn_render::status::router(status), probe)))
 }

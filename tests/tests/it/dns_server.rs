@@ -545,6 +545,12 @@ async fn dns_on_a_proxy_agent() {
     .await;
     let d = dig(port, &["proxy.via.skydns.local", "A"]);
     assert_eq!(d.answers(), ["A 10.7.0.2"], "{}", d.raw);
+    // The agent's /health lists it, /metrics has the gauge.
+    let (_, body) = cairn_tests::http_request(("127.0.0.1", proxy_port), "GET", "/health", None);
+    assert!(body.contains("dns: stale"), "{body}");
+    let (_, metrics) =
+        cairn_tests::http_request(("127.0.0.1", proxy_port), "GET", "/metrics", None);
+    assert!(metrics.contains("cairn_dns_stale 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

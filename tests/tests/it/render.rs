@@ -210,6 +210,20 @@ async fn a_failing_check_keeps_the_old_file_and_is_reported() {
     assert!(
         metric(port, "/v1/render/metrics", "cairn_render_errors_total").unwrap() > errors as f64
     );
+    // The agent's own /health and /metrics say so too; the store stays
+    // healthy (etcd's status code and field are untouched).
+    let (code, body) = cairn_tests::http_request(("127.0.0.1", port), "GET", "/health", None);
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["health"], "true", "{body}");
+    let apps = health["apps"].as_array().expect("an apps list").clone();
+    assert!(
+        apps.iter().any(|p| p
+            .as_str()
+            .is_some_and(|p| p.contains(&dest.display().to_string()) && p.contains("check"))),
+        "{body}"
+    );
+    assert!(metric(port, "/metrics", "cairn_render_errors_total").unwrap() > errors as f64);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -220,6 +234,11 @@ async fn a_failing_check_keeps_the_old_file_and_is_reported() {
     file_is(&dest, "good-3\n").await;
     let t = template_status(port, &dest);
     assert!(t["last_error"].is_null(), "{t}");
+    let (_, body) = cairn_tests::http_request(("127.0.0.1", port), "GET", "/health", None);
+    assert!(
+        !body.contains("apps"),
+        "a good render clears the problem: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
