@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod peer;
 pub mod prefix_stats;
 pub mod proxy_role;

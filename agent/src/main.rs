@@ -286,6 +286,16 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
         unix,
         &stop_rx,
     )?;
+    let mut ready = std::mem::take(&mut *apps.ready.lock().unwrap());
+    ready.insert(
+        0,
+        (
+            "catching up with the cluster".to_string(),
+            Box::pin(caught_up(api.clone())),
+        ),
+    );
+    tokio::spawn(cairn_agent::notify::ready_when(ready));
+    tokio::spawn(cairn_agent::notify::watchdog(stop_rx.clone()));
     tokio::spawn(api::lease::expiry_loop(api.clone(), stop_rx.clone()));
     if let Some(auto) = cfg.auto_compaction.clone() {
         tokio::spawn(cairn_agent::compactor::run(
@@ -358,6 +368,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");
+    cairn_agent::notify::send("STOPPING=1");
     if cfg.lease_checkpoint_interval.is_some() && api.is_leader() {
         // The next leader starts leases from what is recorded now.
         if let Err(e) = api::lease::checkpoint_leases(&api, 1).await {
@@ -375,4 +386,18 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// A member serves once it has a leader and has applied what was committed
+/// when it found one (a restarted or new member has caught up).
+async fn caught_up(api: Api) {
+    let target = loop {
+        if api.has_leader() {
+            break api.node.status().commit_index;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    while api.node.status().applied_index < target {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

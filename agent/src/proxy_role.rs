@@ -53,6 +53,21 @@ pub async fn run(
         || serve::service_routes(proxy.clone(), cfg.max_request_bytes as usize, http.clone());
     let mut tasks = tokio::task::JoinSet::new();
     serve::spawn_listeners(&mut tasks, routes, tcp, client_tls, unix, &stop_rx)?;
+    let mut ready = std::mem::take(&mut *apps.ready.lock().unwrap());
+    let probe_proxy = proxy.clone();
+    ready.insert(
+        0,
+        (
+            "connecting to the cluster".to_string(),
+            Box::pin(async move {
+                while !answers(&probe_proxy).await {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }),
+        ),
+    );
+    tokio::spawn(crate::notify::ready_when(ready));
+    tokio::spawn(crate::notify::watchdog(stop_rx.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
@@ -60,6 +75,7 @@ pub async fn run(
         Some(r) = tasks.join_next() => r.context("server task").and_then(|r| r),
     };
     tracing::info!("shutting down");
+    crate::notify::send("STOPPING=1");
     apps.shutdown().await;
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
@@ -82,22 +98,27 @@ fn router(proxy: Proxy, enable_v2: bool) -> Router {
         .merge(crate::http::gateway(proxy))
 }
 
-/// Healthy when the cluster answers a serializable read through the proxy.
-async fn health(State(proxy): State<Proxy>) -> Response {
+/// Whether the cluster answers a serializable read through the proxy.
+async fn answers(proxy: &Proxy) -> bool {
     let probe = RangeRequest {
         key: b"health".to_vec(),
         serializable: true,
         count_only: true,
         ..Default::default()
     };
-    let ok = matches!(
+    matches!(
         tokio::time::timeout(
             Duration::from_secs(2),
-            Kv::range(&proxy, tonic::Request::new(probe))
+            Kv::range(proxy, tonic::Request::new(probe))
         )
         .await,
         Ok(Ok(_))
-    );
+    )
+}
+
+/// Healthy when the cluster answers a serializable read through the proxy.
+async fn health(State(proxy): State<Proxy>) -> Response {
+    let ok = answers(&proxy).await;
     let (code, body) = if ok {
         (StatusCode::OK, serde_json::json!({"health": "true"}))
     } else {

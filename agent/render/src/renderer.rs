@@ -250,32 +250,6 @@ async fn write_one(t: Template, text: String) -> Result<Written, String> {
         .map_err(|e| format!("replacing {}: {e}", dest.display()))
 }
 
-/// Sends `READY=1` to systemd's notify socket, if there is one.
-pub fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "render: cannot notify systemd");
-            return;
-        }
-    };
-    let p = path.to_string_lossy().into_owned();
-    let sent = if let Some(name) = p.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
-    } else {
-        sock.send_to(b"READY=1", &p)
-    };
-    match sent {
-        Ok(_) => tracing::info!("render: first full render done; told systemd READY=1"),
-        Err(e) => tracing::warn!(error = %e, socket = %p, "render: cannot notify systemd"),
-    }
-}
-
 // === impl Engine ===
 
 impl Engine {
@@ -571,8 +545,9 @@ pub struct Options {
     pub config_file: Option<PathBuf>,
     /// Turns true when the agent stops.
     pub stop: watch::Receiver<bool>,
-    /// Send systemd `READY=1` after the first full render.
-    pub notify_systemd: bool,
+    /// Told (once) when the first full render is done: every template
+    /// tried with complete data (the agent's systemd `READY=1` waits on it).
+    pub first_render: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A running renderer: its status for the HTTP routes.
@@ -654,7 +629,7 @@ async fn run(mut engine: Engine, view: View, mut opts: Options) {
         }
     };
     let mut snaps = view.subscribe();
-    let mut ready = !opts.notify_systemd;
+    let mut first_render = opts.first_render.take();
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let next = engine
@@ -692,9 +667,11 @@ async fn run(mut engine: Engine, view: View, mut opts: Options) {
             }
             () = tokio::time::sleep_until(next) => {
                 let r = engine.run_due(Mode::Write).await;
-                if !ready && r.deferred.is_none() && engine.next_due().is_none() {
-                    ready = true;
-                    notify_systemd_ready();
+                if first_render.is_some() && r.deferred.is_none() && engine.next_due().is_none() {
+                    tracing::info!("render: first full render done");
+                    if let Some(tx) = first_render.take() {
+                        let _ = tx.send(());
+                    }
                 }
             }
         }

@@ -32,6 +32,9 @@ pub struct Ctx {
     pub node: String,
     /// Turns true when the agent stops.
     pub stop: watch::Receiver<bool>,
+    /// What the applications need before the agent tells systemd it is
+    /// ready (the first full render).
+    pub ready: std::sync::Mutex<Vec<crate::notify::Condition>>,
     view: std::sync::OnceLock<View>,
 }
 
@@ -50,6 +53,8 @@ impl Ctx {
 /// port's and the socket's) and what must happen when the agent stops.
 pub struct Apps {
     pub router: Router,
+    /// Conditions for systemd's `READY=1` (see [`crate::notify`]).
+    pub ready: std::sync::Mutex<Vec<crate::notify::Condition>>,
     services: Option<cairn_services::Registry>,
     probes: std::sync::Arc<Vec<report::Probe>>,
 }
@@ -153,6 +158,7 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         config_path: cfg.config_path.clone(),
         node: cfg.name.clone(),
         stop,
+        ready: Default::default(),
         view: std::sync::OnceLock::new(),
     };
     let registry = cairn_services::Registry::start(&ctx.endpoint, &ctx.node, services)
@@ -174,6 +180,7 @@ pub async fn start(cfg: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     }
     Ok(Apps {
         router,
+        ready: std::sync::Mutex::new(std::mem::take(&mut *ctx.ready.lock().unwrap())),
         services: Some(registry),
         probes: std::sync::Arc::new(probes),
     })

@@ -15,13 +15,20 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<Option<(Router, Probe)>> {
     };
     let view = ctx.view()?;
     tracing::info!(templates = cfg.templates.len(), "render: starting");
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    ctx.ready.lock().unwrap().push((
+        "waiting for the first full render".into(),
+        Box::pin(async move {
+            let _ = first_rx.await;
+        }),
+    ));
     let renderer = Renderer::spawn(
         view,
         cfg,
         Options {
             config_file: ctx.config_path.clone(),
             stop: ctx.stop.clone(),
-            notify_systemd: true,
+            first_render: Some(first_tx),
         },
     );
     let status = renderer.status();

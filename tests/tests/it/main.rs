@@ -33,6 +33,7 @@ mod render;
 mod roles;
 mod services;
 mod snapshot;
+mod systemd;
 mod tenants;
 mod tls;
 mod v2;

@@ -692,14 +692,27 @@ async fn systemd_hears_ready_after_the_first_full_render() {
         ..SubjectOptions::new(Kind::Cairn)
     })
     .await;
+    // STATUS= lines first, then READY=1 (the agent's, after its own
+    // conditions and the first full render).
     let got = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; 64];
-        let n = sock.recv(&mut buf).expect("READY=1 within the limit");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let mut seen = Vec::new();
+        loop {
+            let mut buf = [0u8; 256];
+            let n = sock.recv(&mut buf).expect("READY=1 within the limit");
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(msg.clone());
+            if msg.lines().any(|l| l == "READY=1") {
+                return seen;
+            }
+        }
     })
     .await
     .unwrap();
-    assert_eq!(got, "READY=1");
+    assert!(
+        got.iter()
+            .any(|m| m == "STATUS=waiting for the first full render"),
+        "{got:?}"
+    );
     for i in 0..20 {
         assert_eq!(
             read(&dir.path().join(format!("f{i}"))),
