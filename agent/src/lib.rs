@@ -8,6 +8,7 @@ pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod discovery_cli;
+pub mod health_cli;
 pub mod http;
 pub mod identity;
 pub mod limits;

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("snapshot") {
         return cairn_agent::snapshot_cli::main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some("health") {
+        return cairn_agent::health_cli::main(&args[2..]);
+    }
     if args.get(1).map(String::as_str) == Some("service") {
         return cairn_agent::service_cli::main(&args[2..]);
     }

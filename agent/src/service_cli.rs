@@ -271,7 +271,12 @@ fn expect_ok((status, body): (u16, String)) -> anyhow::Result<(u16, String)> {
 }
 
 /// One HTTP/1.1 request to the agent over TCP or its Unix socket.
-fn request(agent: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
+pub(crate) fn request(
+    agent: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let head = |host: &str| {
         format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

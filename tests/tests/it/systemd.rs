@@ -158,6 +158,21 @@ async fn a_member_with_the_shipped_config_is_ready_once_it_serves_and_pings_the_
         got.iter().any(|m| m == "READY=1\nSTATUS=serving"),
         "{got:?}"
     );
+    // `cairn health`, a container's HEALTHCHECK: 0 when healthy, 1 when
+    // the agent does not answer.
+    let health = |agent: &str| {
+        Command::new(cairn_bin())
+            .args(["health", "--agent", agent])
+            .output()
+            .unwrap()
+    };
+    let out = health(&s.endpoint());
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\""));
+    let dead = format!("http://127.0.0.1:{}", cairn_tests::free_port());
+    let out = health(&dead);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to the agent"));
     drop(s);
 }
 
