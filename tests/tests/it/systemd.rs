@@ -204,3 +204,78 @@ async fn a_proxy_is_ready_once_the_cluster_answers_through_it() {
     assert_eq!(got, ["READY=1\nSTATUS=serving"]);
     c.wait_ready(1).await;
 }
+
+/// `packaging/deb/build.sh` makes a package that `dpkg -i` installs on
+/// this machine: the binary runs, the user exists, the unit is enabled and
+/// not started, the config is a conffile; `dpkg --purge` takes it all away.
+/// Needs root and dpkg (skipped, saying so, elsewhere).
+#[test]
+fn the_debian_package_installs_enabled_but_not_started() {
+    if !cairn_only() {
+        return;
+    }
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0"
+        || Command::new("dpkg").arg("--version").output().is_err()
+    {
+        eprintln!("not root or no dpkg: the package install test is skipped");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let build = Command::new(packaging().join("deb/build.sh"))
+        .arg(cairn_bin())
+        .arg(out_dir.path())
+        .env("DEB_COMPRESS", "none")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{build:?}");
+    let deb = String::from_utf8_lossy(&build.stdout).trim().to_string();
+    let info = Command::new("dpkg-deb")
+        .args(["--field", &deb, "Package"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "cairn");
+
+    let install = Command::new("dpkg").args(["-i", &deb]).output().unwrap();
+    let purge = || {
+        Command::new("dpkg")
+            .args(["--purge", "cairn"])
+            .output()
+            .unwrap()
+    };
+    if !install.status.success() {
+        purge();
+        panic!("dpkg -i failed: {install:?}");
+    }
+    let version = Command::new("/usr/bin/cairn")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let enabled = Path::new("/etc/systemd/system/multi-user.target.wants/cairn.service").exists();
+    let user = Command::new("getent")
+        .args(["passwd", "cairn"])
+        .output()
+        .unwrap();
+    let running = Command::new("pgrep")
+        .args(["-f", "^/usr/bin/cairn"])
+        .output()
+        .unwrap();
+    let status = Command::new("dpkg").args(["-s", "cairn"]).output().unwrap();
+    let removed = purge();
+    assert!(version.status.success(), "{version:?}");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("cairn "));
+    assert!(enabled, "the unit is not enabled");
+    assert!(user.status.success(), "no cairn user");
+    assert!(
+        !running.status.success(),
+        "the package must not start the agent"
+    );
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("Conffiles:\n /etc/cairn/cairn.toml"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!Path::new("/usr/bin/cairn").exists());
+    assert!(!Path::new("/etc/cairn/cairn.toml").exists());
+}
