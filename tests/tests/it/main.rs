@@ -19,6 +19,7 @@ mod auth;
 mod cluster;
 mod compaction;
 mod config;
+mod container;
 mod crash;
 mod discovery;
 mod dns_server;
