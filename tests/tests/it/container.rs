@@ -125,15 +125,10 @@ async fn the_image_runs_as_a_non_root_user_and_turns_healthy() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_containers_survive_the_leader_cut_off_the_network() {
-    if !docker_available() {
-        eprintln!("no Docker engine answers: the container test is skipped");
-        return;
-    }
-    let mut s = Scope::new("trio");
-    let net = s.network("cairn-it-net");
-    let names = ["infra0", "infra1", "infra2"];
+/// Starts one voter container per name on `net` (static bootstrap by
+/// container name), each client port published on a loopback port;
+/// `extra` flags go to every member.
+fn voters(s: &mut Scope, net: &str, names: &[&str], extra: &[&str]) -> (Vec<String>, Vec<u16>) {
     let initial = names
         .iter()
         .map(|n| format!("{n}=http://{n}:2380"))
@@ -146,55 +141,67 @@ async fn three_containers_survive_the_leader_cut_off_the_network() {
         let publish = format!("127.0.0.1:{port}:2379");
         let adv = format!("http://{n}:2379");
         let peer = format!("http://{n}:2380");
-        let c = s.run(
+        let mut args = vec![
+            "--network",
+            net,
+            "--network-alias",
             n,
-            &[
-                "--network",
-                &net,
-                "--network-alias",
-                n,
-                "-p",
-                &publish,
-                tag.as_str(),
-                "--name",
-                n,
-                "--data-dir",
-                "/var/lib/cairn",
-                "--listen-client-urls",
-                "http://0.0.0.0:2379",
-                "--advertise-client-urls",
-                &adv,
-                "--listen-peer-urls",
-                "http://0.0.0.0:2380",
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-token",
-                "containers",
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "500",
-            ],
-        );
-        containers.push(c);
+            "-p",
+            &publish,
+            tag.as_str(),
+            "--name",
+            n,
+            "--data-dir",
+            "/var/lib/cairn",
+            "--listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--advertise-client-urls",
+            &adv,
+            "--listen-peer-urls",
+            "http://0.0.0.0:2380",
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "containers",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ];
+        args.extend(extra);
+        containers.push(s.run(n, &args));
     }
-    let client = |i: usize| {
-        let ep = format!("http://127.0.0.1:{}", ports[i]);
-        async move {
-            etcd_client::Client::connect(
-                [ep.as_str()],
-                Some(
-                    etcd_client::ConnectOptions::new()
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(3)),
-                ),
-            )
-            .await
-            .ok()
-        }
-    };
+    (containers, ports)
+}
+
+/// A client of the agent whose client port is published on `port`.
+async fn client_at(port: u16) -> Option<etcd_client::Client> {
+    let ep = format!("http://127.0.0.1:{port}");
+    etcd_client::Client::connect(
+        [ep.as_str()],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(3)),
+        ),
+    )
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_containers_survive_the_leader_cut_off_the_network() {
+    if !docker_available() {
+        eprintln!("no Docker engine answers: the container test is skipped");
+        return;
+    }
+    let mut s = Scope::new("trio");
+    let net = s.network("cairn-it-net");
+    let names = ["infra0", "infra1", "infra2"];
+    let (containers, ports) = voters(&mut s, &net, &names, &[]);
+    let client = |i: usize| client_at(ports[i]);
     // The leader, as member 0 sees it.
     let leader = eventually("a leader", LIMIT, || async {
         let mut c = client(0).await?;
@@ -275,4 +282,153 @@ async fn three_containers_survive_the_leader_cut_off_the_network() {
             .unwrap();
         assert_eq!(r.kvs().len(), 1, "{k} lost");
     }
+}
+
+/// A learner and a proxy, each in its own container, join three voters by
+/// their client URLs; then every voter container is restarted in turn
+/// (`docker restart`, SIGTERM then start) while a writer keeps writing
+/// through the proxy: no acknowledged write is lost and the learner ends
+/// with every one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_a_proxy_and_a_rolling_restart_in_containers() {
+    if !docker_available() {
+        eprintln!("no Docker engine answers: the container test is skipped");
+        return;
+    }
+    let mut s = Scope::new("roles");
+    let net = s.network("cairn-it-roles");
+    let names = ["r0", "r1", "r2"];
+    let (containers, _ports) = voters(&mut s, &net, &names, &[]);
+    let endpoints = names
+        .iter()
+        .map(|n| format!("http://{n}:2379"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let tag = s.tag.clone();
+    let mut agent = |name: &str, role: &str| -> u16 {
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:2379");
+        let adv = format!("http://{name}:2379");
+        let peer = format!("http://{name}:2380");
+        s.run(
+            name,
+            &[
+                "--network",
+                &net,
+                "--network-alias",
+                name,
+                "-p",
+                &publish,
+                tag.as_str(),
+                "--role",
+                role,
+                "--endpoints",
+                &endpoints,
+                "--name",
+                name,
+                "--data-dir",
+                "/var/lib/cairn",
+                "--listen-client-urls",
+                "http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                &adv,
+                "--listen-peer-urls",
+                "http://0.0.0.0:2380",
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ],
+        );
+        port
+    };
+    let learner = agent("rlearner", "learner");
+    let proxy = agent("rproxy", "proxy");
+    let proxy_client = eventually("the proxy forwards", LIMIT, || async {
+        let mut c = client_at(proxy).await?;
+        c.put("via-proxy", "1", None).await.ok()?;
+        Some(c)
+    })
+    .await;
+    eventually("the learner listed", LIMIT, || {
+        let mut c = proxy_client.clone();
+        async move {
+            let list = c.member_list().await.ok()?;
+            list.members()
+                .iter()
+                .any(|m| m.name() == "rlearner" && m.is_learner())
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A writer through the proxy for the whole rolling restart; it keeps
+    // the keys whose put was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut c = proxy_client.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let k = format!("roll/{n:05}");
+                n += 1;
+                if c.put(k.as_str(), "v", None).await.is_ok() {
+                    acked.push(k);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        })
+    };
+    for c in &containers {
+        docker_ok(&["restart", "-t", "20", c]);
+        // Back and serving before the next one goes.
+        eventually("the restarted voter serves", LIMIT, || {
+            let mut p = proxy_client.clone();
+            async move { p.put("probe", "1", None).await.ok().map(|_| ()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 20,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+    let mut p = proxy_client.clone();
+    let all = p
+        .get("roll/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let have: std::collections::HashSet<String> = all
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    for k in &acked {
+        assert!(have.contains(k), "{k} acknowledged and lost");
+    }
+    // The learner has replicated every one of them.
+    let last = acked.last().unwrap().clone();
+    eventually("the learner caught up", LIMIT, || {
+        let last = last.clone();
+        async move {
+            let mut l = client_at(learner).await?;
+            let r = l
+                .get(
+                    last.as_str(),
+                    Some(etcd_client::GetOptions::new().with_serializable()),
+                )
+                .await
+                .ok()?;
+            (r.kvs().len() == 1).then_some(())
+        }
+    })
+    .await;
 }
