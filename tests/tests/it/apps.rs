@@ -11,37 +11,8 @@ use std::time::Duration;
 
 use cairn_tests::cluster::Cluster;
 use cairn_tests::{Kind, eventually, free_port, subject_kind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A health endpoint the test turns up and down.
-async fn health_server(up: Arc<AtomicBool>) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let status = if up.load(Ordering::SeqCst) {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    port
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -104,7 +75,7 @@ async fn services_on_two_hosts_show_in_a_rendered_file_and_in_dns() {
     }
     let dir = tempfile::tempdir().unwrap();
     let up = Arc::new(AtomicBool::new(true));
-    let health = health_server(up.clone()).await;
+    let health = cairn_tests::health_endpoint(up.clone()).await;
     let dns_port = free_port();
     let upstream_file = dir.path().join("upstream.conf");
     let voter_cfg = write(

@@ -125,55 +125,68 @@ async fn the_image_runs_as_a_non_root_user_and_turns_healthy() {
     );
 }
 
+/// Starts an agent container `name` on `net` (reachable there by its
+/// name), its client port published on a loopback port, with the flags
+/// every agent here has and `extra`. Returns the container and the port.
+fn agent(s: &mut Scope, net: &str, name: &str, extra: &[&str]) -> (String, u16) {
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:2379");
+    let adv = format!("http://{name}:2379");
+    let peer = format!("http://{name}:2380");
+    let tag = s.tag.clone();
+    let mut args = vec![
+        "--network",
+        net,
+        "--network-alias",
+        name,
+        "-p",
+        &publish,
+        tag.as_str(),
+        "--name",
+        name,
+        "--data-dir",
+        "/var/lib/cairn",
+        "--listen-client-urls",
+        "http://0.0.0.0:2379",
+        "--advertise-client-urls",
+        &adv,
+        "--listen-peer-urls",
+        "http://0.0.0.0:2380",
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ];
+    args.extend(extra);
+    (s.run(name, &args), port)
+}
+
 /// Starts one voter container per name on `net` (static bootstrap by
-/// container name), each client port published on a loopback port;
-/// `extra` flags go to every member.
-fn voters(s: &mut Scope, net: &str, names: &[&str], extra: &[&str]) -> (Vec<String>, Vec<u16>) {
+/// container name).
+fn voters(s: &mut Scope, net: &str, names: &[&str]) -> (Vec<String>, Vec<u16>) {
     let initial = names
         .iter()
         .map(|n| format!("{n}=http://{n}:2380"))
         .collect::<Vec<_>>()
         .join(",");
-    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-    let tag = s.tag.clone();
-    let mut containers = Vec::new();
-    for (n, port) in names.iter().zip(&ports) {
-        let publish = format!("127.0.0.1:{port}:2379");
-        let adv = format!("http://{n}:2379");
-        let peer = format!("http://{n}:2380");
-        let mut args = vec![
-            "--network",
-            net,
-            "--network-alias",
-            n,
-            "-p",
-            &publish,
-            tag.as_str(),
-            "--name",
-            n,
-            "--data-dir",
-            "/var/lib/cairn",
-            "--listen-client-urls",
-            "http://0.0.0.0:2379",
-            "--advertise-client-urls",
-            &adv,
-            "--listen-peer-urls",
-            "http://0.0.0.0:2380",
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "containers",
-            "--heartbeat-interval",
-            "50",
-            "--election-timeout",
-            "500",
-        ];
-        args.extend(extra);
-        containers.push(s.run(n, &args));
-    }
-    (containers, ports)
+    names
+        .iter()
+        .map(|n| {
+            agent(
+                s,
+                net,
+                n,
+                &[
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-token",
+                    "containers",
+                ],
+            )
+        })
+        .unzip()
 }
 
 /// A client of the agent whose client port is published on `port`.
@@ -200,7 +213,7 @@ async fn three_containers_survive_the_leader_cut_off_the_network() {
     let mut s = Scope::new("trio");
     let net = s.network("cairn-it-net");
     let names = ["infra0", "infra1", "infra2"];
-    let (containers, ports) = voters(&mut s, &net, &names, &[]);
+    let (containers, ports) = voters(&mut s, &net, &names);
     let client = |i: usize| client_at(ports[i]);
     // The leader, as member 0 sees it.
     let leader = eventually("a leader", LIMIT, || async {
@@ -298,54 +311,24 @@ async fn a_learner_a_proxy_and_a_rolling_restart_in_containers() {
     let mut s = Scope::new("roles");
     let net = s.network("cairn-it-roles");
     let names = ["r0", "r1", "r2"];
-    let (containers, _ports) = voters(&mut s, &net, &names, &[]);
+    let (containers, _ports) = voters(&mut s, &net, &names);
     let endpoints = names
         .iter()
         .map(|n| format!("http://{n}:2379"))
         .collect::<Vec<_>>()
         .join(",");
-    let tag = s.tag.clone();
-    let mut agent = |name: &str, role: &str| -> u16 {
-        let port = free_port();
-        let publish = format!("127.0.0.1:{port}:2379");
-        let adv = format!("http://{name}:2379");
-        let peer = format!("http://{name}:2380");
-        s.run(
-            name,
-            &[
-                "--network",
-                &net,
-                "--network-alias",
-                name,
-                "-p",
-                &publish,
-                tag.as_str(),
-                "--role",
-                role,
-                "--endpoints",
-                &endpoints,
-                "--name",
-                name,
-                "--data-dir",
-                "/var/lib/cairn",
-                "--listen-client-urls",
-                "http://0.0.0.0:2379",
-                "--advertise-client-urls",
-                &adv,
-                "--listen-peer-urls",
-                "http://0.0.0.0:2380",
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "500",
-            ],
-        );
-        port
-    };
-    let learner = agent("rlearner", "learner");
-    let proxy = agent("rproxy", "proxy");
+    let (_, learner) = agent(
+        &mut s,
+        &net,
+        "rlearner",
+        &["--role", "learner", "--endpoints", &endpoints],
+    );
+    let (_, proxy) = agent(
+        &mut s,
+        &net,
+        "rproxy",
+        &["--role", "proxy", "--endpoints", &endpoints],
+    );
     let proxy_client = eventually("the proxy forwards", LIMIT, || async {
         let mut c = client_at(proxy).await?;
         c.put("via-proxy", "1", None).await.ok()?;

@@ -38,6 +38,17 @@ async fn service(kind: Kind) -> Subject {
     Subject::start_with(o).await
 }
 
+/// SRV records pointing at `ports` on 127.0.0.1.
+fn srv_on_loopback(ports: Vec<u16>) -> Vec<cairn_tests::dns::Record> {
+    ports
+        .into_iter()
+        .map(|port| cairn_tests::dns::Record::Srv {
+            port,
+            target: "127.0.0.1.".into(),
+        })
+        .collect()
+}
+
 /// Starts member `i` of the layout with `bootstrap` flags in place of
 /// `--initial-cluster`.
 fn launch(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
@@ -343,28 +354,19 @@ async fn bad_tokens_are_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dns_srv_bootstrap_with_learner_and_proxy() {
-    use cairn_tests::dns::{DnsServer, Record};
+    use cairn_tests::dns::DnsServer;
     if !cairn_only() {
         return;
     }
     let mut c = Cluster::prepare(Kind::Cairn, 5, &[]);
-    let srv = |ports: Vec<u16>| -> Vec<Record> {
-        ports
-            .into_iter()
-            .map(|port| Record::Srv {
-                port,
-                target: "127.0.0.1.".into(),
-            })
-            .collect()
-    };
     let mut records = std::collections::HashMap::new();
     records.insert(
         "_etcd-server._tcp.cairn.test.".to_string(),
-        srv(c.members[..3].iter().map(|m| m.peer_port).collect()),
+        srv_on_loopback(c.members[..3].iter().map(|m| m.peer_port).collect()),
     );
     records.insert(
         "_etcd-client._tcp.cairn.test.".to_string(),
-        srv(c.members[..3].iter().map(|m| m.client_port).collect()),
+        srv_on_loopback(c.members[..3].iter().map(|m| m.client_port).collect()),
     );
     let dns = DnsServer::start(records);
     let ns = dns.addr().to_string();
@@ -486,7 +488,7 @@ fn launch_https_peers(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
 /// themselves among them and form the cluster over them.
 #[tokio::test(flavor = "multi_thread")]
 async fn dns_srv_ssl_records_give_https_peer_urls() {
-    use cairn_tests::dns::{DnsServer, Record};
+    use cairn_tests::dns::DnsServer;
     if !cairn_only() {
         return;
     }
@@ -494,13 +496,7 @@ async fn dns_srv_ssl_records_give_https_peer_urls() {
     let mut records = std::collections::HashMap::new();
     records.insert(
         "_etcd-server-ssl._tcp.ssl.test.".to_string(),
-        c.members
-            .iter()
-            .map(|m| Record::Srv {
-                port: m.peer_port,
-                target: "127.0.0.1.".into(),
-            })
-            .collect(),
+        srv_on_loopback(c.members.iter().map(|m| m.peer_port).collect()),
     );
     let dns = DnsServer::start(records);
     let ns = dns.addr().to_string();
@@ -653,30 +649,21 @@ async fn https_discovery_url() {
 /// certificates against `--cacert` (etcd grpc-proxy's flag).
 #[tokio::test(flavor = "multi_thread")]
 async fn dns_srv_ssl_client_records_for_a_learner_and_a_proxy() {
-    use cairn_tests::dns::{DnsServer, Record};
+    use cairn_tests::dns::DnsServer;
     if !cairn_only() {
         return;
     }
     let pki = crate::pki::Pki::new("clients");
     let mut c = Cluster::prepare(Kind::Cairn, 5, &[]);
     let https_ports: Vec<u16> = (0..3).map(|_| cairn_tests::free_port()).collect();
-    let srv = |ports: Vec<u16>| -> Vec<Record> {
-        ports
-            .into_iter()
-            .map(|port| Record::Srv {
-                port,
-                target: "127.0.0.1.".into(),
-            })
-            .collect()
-    };
     let mut records = std::collections::HashMap::new();
     records.insert(
         "_etcd-server._tcp.tls.test.".to_string(),
-        srv(c.members[..3].iter().map(|m| m.peer_port).collect()),
+        srv_on_loopback(c.members[..3].iter().map(|m| m.peer_port).collect()),
     );
     records.insert(
         "_etcd-client-ssl._tcp.tls.test.".to_string(),
-        srv(https_ports.clone()),
+        srv_on_loopback(https_ports.clone()),
     );
     let dns = DnsServer::start(records);
     let ns = dns.addr().to_string();

@@ -15,44 +15,11 @@ use cairn_tests::{
     Kind, Subject, SubjectOptions, cairn_bin, eventually, http_request, subject_kind,
 };
 use etcd_client::{Client, GetOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn cairn_only() -> bool {
     subject_kind() == Kind::Cairn
-}
-
-/// A health endpoint the test turns up and down: 200 or 503 to every GET.
-async fn health_server(up: Arc<AtomicBool>) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let up = up.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let status = if up.load(Ordering::SeqCst) {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
-                let _ = s
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    port
 }
 
 fn write_config(dir: &Path, text: &str) -> String {
@@ -83,7 +50,7 @@ async fn services_follow_their_checks_and_the_cli_manages_them() {
         return;
     }
     let up = Arc::new(AtomicBool::new(true));
-    let health = health_server(up.clone()).await;
+    let health = cairn_tests::health_endpoint(up.clone()).await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let config = write_config(
         cfg_dir.path(),
