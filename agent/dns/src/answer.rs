@@ -217,23 +217,9 @@ impl Cx<'_> {
         let mut seen = HashSet::new();
         for s in services {
             match host_type(s) {
-                Host::Name => {
-                    let Some((cname, target)) = self.link(q, owner, s, chain) else {
-                        continue;
-                    };
-                    if in_zone(&target, self.zone) {
-                        chain.push((q.to_string(), target.clone()));
-                        let next = self
-                            .address(&target, &name(&target), qtype, chain)
-                            .unwrap_or_default();
-                        if !next.is_empty() {
-                            out.push(cname);
-                            out.extend(next);
-                        }
-                    } else {
-                        out.push(cname);
-                    }
-                }
+                Host::Name => out.extend(self.follow(q, owner, s, chain, |cx, t, chain| {
+                    cx.address(t, &name(t), qtype, chain)
+                })),
                 Host::V4(a) if qtype == RecordType::A && seen.insert(s.record.host.clone()) => {
                     out.push(self.rr(owner, s, RData::A(A(a))));
                 }
@@ -252,21 +238,9 @@ impl Cx<'_> {
         let mut seen = HashSet::new();
         for s in services {
             match host_type(s) {
-                Host::Name => {
-                    let Some((cname, target)) = self.link(q, owner, s, chain) else {
-                        continue;
-                    };
-                    if in_zone(&target, self.zone) {
-                        chain.push((q.to_string(), target.clone()));
-                        let next = self.txt(&target, &name(&target), chain).unwrap_or_default();
-                        if !next.is_empty() {
-                            out.push(cname);
-                            out.extend(next);
-                        }
-                    } else {
-                        out.push(cname);
-                    }
-                }
+                Host::Name => out.extend(self.follow(q, owner, s, chain, |cx, t, chain| {
+                    cx.txt(t, &name(t), chain)
+                })),
                 Host::Text if seen.insert(s.record.text.clone()) => {
                     let txt = TXT::new(split255(&s.record.text));
                     out.push(self.rr(owner, s, RData::TXT(txt)));
@@ -275,6 +249,34 @@ impl Cx<'_> {
             }
         }
         Some(out)
+    }
+
+    /// A record whose host is a name: its CNAME, followed by what `next`
+    /// answers for the target when the target is inside the zone (nothing
+    /// at all when that is empty); an out-of-zone target is left to the
+    /// client's resolver (the CNAME alone).
+    fn follow(
+        &self,
+        q: &str,
+        owner: &Name,
+        s: &Item,
+        chain: &mut Vec<(String, String)>,
+        next: impl FnOnce(&Self, &str, &mut Vec<(String, String)>) -> Option<Vec<Record>>,
+    ) -> Vec<Record> {
+        let Some((cname, target)) = self.link(q, owner, s, chain) else {
+            return Vec::new();
+        };
+        if !in_zone(&target, self.zone) {
+            return vec![cname];
+        }
+        chain.push((q.to_string(), target.clone()));
+        let next = next(self, &target, chain).unwrap_or_default();
+        if next.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![cname];
+        out.extend(next);
+        out
     }
 
     /// Addresses of an in-zone target, for the additional section.
