@@ -2,7 +2,7 @@
 # Runs every check and test of the workspace on a fresh Debian machine,
 # installing what the tests need (Debian's etcd as the reference server,
 # etcdctl as an independent client, protoc for the etcd-client crate, dig and
-# kdig for the DNS tests).
+# kdig for the DNS tests, systemd-analyze to verify the unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,7 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v kdig >/dev/null || need+=(knot-dnsutils)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
