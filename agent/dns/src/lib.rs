@@ -141,6 +141,11 @@ impl Dns {
         )
     }
 
+    /// Questions answered so far.
+    pub fn queries(&self) -> u64 {
+        self.shared.queries.load(Ordering::Relaxed)
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let idx = self.index();
         let mut per_zone = serde_json::Map::new();

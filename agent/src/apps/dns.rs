@@ -14,21 +14,36 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<Option<(Router, Probe)>> {
     };
     let dns = cairn_dns::Dns::start(&cfg, ctx.view()?, ctx.stop.clone()).await?;
     let probe_dns = dns.clone();
+    // Read per /health and /metrics request: the index's own fields, not
+    // the per-zone counts of `status()`.
     let probe: Probe = std::sync::Arc::new(move || {
-        let st = probe_dns.status();
-        let mut problems = Vec::new();
-        if let Some(why) = st["stale"].as_str() {
-            problems.push(format!("dns: stale, answering from the last index: {why}"));
-        }
-        let gauge = |name: &str, help: &str, v: i64| {
-            format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n")
+        let idx = probe_dns.index();
+        let problems = idx
+            .stale
+            .iter()
+            .map(|why| format!("dns: stale, answering from the last index: {why}"))
+            .collect();
+        let metric = |name: &str, kind: &str, help: &str, v: u64| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n")
         };
         let metrics = [
-            gauge("cairn_dns_records", "Records the DNS index holds.", st["records"].as_i64().unwrap_or(0)),
-            gauge("cairn_dns_stale", "1 while the DNS index may be behind the store.", i64::from(st["stale"].is_string())),
-            format!(
-                "# HELP cairn_dns_queries_total DNS queries answered.\n# TYPE cairn_dns_queries_total counter\ncairn_dns_queries_total {}\n",
-                st["queries"].as_u64().unwrap_or(0)
+            metric(
+                "cairn_dns_records",
+                "gauge",
+                "Records the DNS index holds.",
+                idx.items.len() as u64,
+            ),
+            metric(
+                "cairn_dns_stale",
+                "gauge",
+                "1 while the DNS index may be behind the store.",
+                u64::from(idx.stale.is_some()),
+            ),
+            metric(
+                "cairn_dns_queries_total",
+                "counter",
+                "DNS queries answered.",
+                probe_dns.queries(),
             ),
         ]
         .concat();

@@ -52,6 +52,12 @@ fn srv_on_loopback(ports: Vec<u16>) -> Vec<cairn_tests::dns::Record> {
 /// Starts member `i` of the layout with `bootstrap` flags in place of
 /// `--initial-cluster`.
 fn launch(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
+    let peer = c.members[i].peer_url();
+    launch_with_peer_url(c, i, &peer, bootstrap);
+}
+
+/// [`launch`] with the given peer URL (listened on and advertised).
+fn launch_with_peer_url(c: &mut Cluster, i: usize, peer: &str, bootstrap: &[&str]) {
     let m = &c.members[i];
     let mut args: Vec<String> = [
         "--name",
@@ -59,9 +65,9 @@ fn launch(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
         "--data-dir",
         &m.data_dir.display().to_string(),
         "--initial-advertise-peer-urls",
-        &m.peer_url(),
+        peer,
         "--listen-peer-urls",
-        &m.peer_url(),
+        peer,
         "--listen-client-urls",
         &m.client_url(),
         "--advertise-client-urls",
@@ -78,7 +84,6 @@ fn launch(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
     c.launch(i, args);
 }
 
-/// (name, is_learner) of every member, sorted by name.
 async fn members(c: &Cluster, i: usize) -> Vec<(String, bool)> {
     let mut client = c.client(i).await;
     let list = client.member_list().await.unwrap();
@@ -456,32 +461,10 @@ async fn dns_srv_without_records_is_a_clear_error() {
 /// Starts member `i` with https peer URLs (a certificate the agent makes
 /// itself) and `bootstrap` flags in place of `--initial-cluster`.
 fn launch_https_peers(c: &mut Cluster, i: usize, bootstrap: &[&str]) {
-    let m = &c.members[i];
-    let peer = format!("https://127.0.0.1:{}", m.peer_port);
-    let mut args: Vec<String> = [
-        "--name",
-        &m.name,
-        "--data-dir",
-        &m.data_dir.display().to_string(),
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--listen-peer-urls",
-        &peer,
-        "--peer-auto-tls",
-        "--listen-client-urls",
-        &m.client_url(),
-        "--advertise-client-urls",
-        &m.client_url(),
-        "--heartbeat-interval",
-        "50",
-        "--election-timeout",
-        "500",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(bootstrap.iter().map(|s| s.to_string()));
-    c.launch(i, args);
+    let peer = format!("https://127.0.0.1:{}", c.members[i].peer_port);
+    let mut flags = vec!["--peer-auto-tls"];
+    flags.extend(bootstrap);
+    launch_with_peer_url(c, i, &peer, &flags);
 }
 
 /// `_etcd-server-ssl._tcp` records give https peer URLs; the members find

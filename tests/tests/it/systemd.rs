@@ -203,6 +203,18 @@ async fn a_proxy_is_ready_once_the_cluster_answers_through_it() {
         .unwrap();
     assert_eq!(got, ["READY=1\nSTATUS=serving"]);
     c.wait_ready(1).await;
+    // systemctl reload of an agent without --config: logged, not fatal.
+    c.signal(1, "HUP");
+    cairn_tests::eventually("the SIGHUP logged", LIMIT, || {
+        let log = c.log(1);
+        async move {
+            log.contains("SIGHUP: no --config file to reload")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(c.members[1].is_running(), "SIGHUP killed the agent");
+    c.wait_ready(1).await;
 }
 
 /// `packaging/deb/build.sh` makes a package that `dpkg -i` installs on
