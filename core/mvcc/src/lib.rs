@@ -22,6 +22,6 @@ pub mod store;
 pub mod validate;
 pub mod watch;
 
-pub use backend::{Backend, BackendError, Batch, MemBackend, ReadView, Table};
+pub use backend::{Backend, BackendError, Batch, MemBackend, MemSnapshot, ReadView, Table};
 pub use error::MvccError;
 pub use store::{Applied, LeaseInfo, Mvcc, Response, RestoreError};

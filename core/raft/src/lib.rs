@@ -14,9 +14,12 @@
 use std::time::Duration;
 
 mod log;
+mod manual;
 mod mem;
 mod node;
+pub mod planted;
 
+pub use manual::{Answer, ManualNode};
 pub use mem::MemLogStore;
 pub use node::{Node, StartError, write_bootstrap};
 

@@ -2,7 +2,7 @@
 //! machine. Callers talk to it through a bounded queue; everything that
 //! arrives while the thread is busy is proposed together and made durable by
 //! one synced append (group commit).
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,6 +14,7 @@ use raft::{
 };
 use tokio::sync::{oneshot, watch};
 
+use crate::planted;
 use crate::{
     ConfChange, ConfState, Entry, HardState, LogStore, NodeConfig, NodeStatus, Progress,
     ProposeError, Snapshot, StateMachine, Transport,
@@ -25,9 +26,9 @@ const MAX_BATCH: usize = 4096;
 /// (etcd: readIndexRetryTime).
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
-type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
-enum Msg<O> {
+pub(crate) enum Msg<O> {
     Propose {
         data: Vec<u8>,
         tx: Reply<O>,
@@ -124,7 +125,7 @@ impl<O: Send + 'static> Node<O> {
     /// voter then elects itself at once.
     pub fn start<S, M, T>(
         cfg: NodeConfig,
-        mut store: S,
+        store: S,
         sm: M,
         transport: T,
     ) -> Result<Node<O>, StartError>
@@ -133,72 +134,11 @@ impl<O: Send + 'static> Node<O> {
         M: StateMachine<Output = O>,
         T: Transport,
     {
-        let state = store.initial_state()?;
-        let mut conf = state.conf_state.clone();
-        let empty = conf.voters.is_empty()
-            && conf.learners.is_empty()
-            && store.last_index()? == 0
-            && state.hard_state.term == 0;
-        if empty && !cfg.bootstrap.is_empty() {
-            conf = write_bootstrap(&mut store, &cfg.bootstrap)?;
-        }
-        let state = store.initial_state()?;
-        let applied = sm.applied_index().min(state.hard_state.commit);
-        let store = SnapStore {
-            term: store.term(applied).unwrap_or(0),
-            index: applied,
-            conf: conf.clone(),
-            inner: store,
-        };
-        let rcfg = raft::Config {
-            id: cfg.id,
-            election_tick: cfg.election_ticks.max(2),
-            heartbeat_tick: 1,
-            applied,
-            pre_vote: true,
-            check_quorum: true,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            read_only_option: ReadOnlyOption::Safe,
-            ..Default::default()
-        };
-        rcfg.validate()?;
-        let raw = RawNode::new(&rcfg, store, &crate::log::logger())?;
-        // A lone voter elects itself at once, as soon as the bootstrap
-        // entries are applied (raft will not campaign before).
-        let campaign_now = conf.voters == [cfg.id] && conf.learners.is_empty();
-        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_pending_proposals.max(1));
-        let (status_tx, status_rx) = watch::channel(NodeStatus {
-            id: cfg.id,
-            applied_index: sm.applied_index(),
-            ..Default::default()
-        });
         let request_timeout =
             Duration::from_secs(5) + 2 * cfg.heartbeat_interval * cfg.election_ticks.max(2) as u32;
-        let nonce = boot_nonce();
-        let mut driver = Driver {
-            raw,
-            sm,
-            transport,
-            campaign_now,
-            was_member: conf.voters.contains(&cfg.id) || conf.learners.contains(&cfg.id),
-            last_heard: HashMap::new(),
-            conf,
-            rx,
-            status: status_tx,
-            cfg,
-            nonce,
-            next_id: 1,
-            waiters: HashMap::new(),
-            reads_unsent: Vec::new(),
-            reads_in_flight: HashMap::new(),
-            reads_waiting_apply: Vec::new(),
-        };
-        // Apply what is committed (the bootstrap entries) and let a lone
-        // voter win its election before the first caller arrives.
-        driver.on_ready().map_err(StartError::Storage)?;
-        driver.maybe_campaign().map_err(StartError::Storage)?;
-        driver.publish(None);
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_pending_proposals.max(1));
+        let (mut driver, status_rx) =
+            Driver::new(cfg, store, sm, transport, rx, boot_nonce(), |_| {})?;
         let thread = std::thread::Builder::new()
             .name("cairn-raft".into())
             .spawn(move || driver.run())
@@ -343,8 +283,8 @@ fn parse_conf_change<M: protobuf::Message>(e: &Entry) -> Result<M, String> {
 /// applied index with the configuration there; its content is the state
 /// machine's, which the transport streams and which may by then be newer,
 /// never older (the receiver skips entries its content already holds).
-struct SnapStore<S> {
-    inner: S,
+pub(crate) struct SnapStore<S> {
+    pub(crate) inner: S,
     index: u64,
     term: u64,
     conf: ConfState,
@@ -387,29 +327,109 @@ impl<S: LogStore> Storage for SnapStore<S> {
     }
 }
 
-struct Driver<S: LogStore, M: StateMachine, T> {
-    raw: RawNode<SnapStore<S>>,
-    sm: M,
-    transport: T,
+pub(crate) struct Driver<S: LogStore, M: StateMachine, T> {
+    pub(crate) raw: RawNode<SnapStore<S>>,
+    pub(crate) sm: M,
+    pub(crate) transport: T,
     /// The configuration as of the last applied entry.
-    conf: ConfState,
+    pub(crate) conf: ConfState,
     was_member: bool,
     /// When a message from each member last arrived.
     last_heard: HashMap<u64, Instant>,
     campaign_now: bool,
     rx: Receiver<Msg<M::Output>>,
     status: watch::Sender<NodeStatus>,
-    cfg: NodeConfig,
+    pub(crate) cfg: NodeConfig,
     nonce: [u8; 8],
     next_id: u64,
-    waiters: HashMap<u64, Reply<M::Output>>,
+    waiters: BTreeMap<u64, Reply<M::Output>>,
     reads_unsent: Vec<Reply<u64>>,
     /// ReadIndex requests sent, by request id: when, and who waits.
-    reads_in_flight: HashMap<u64, (Instant, Vec<Reply<u64>>)>,
+    reads_in_flight: BTreeMap<u64, (Instant, Vec<Reply<u64>>)>,
     reads_waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
 }
 
 impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
+    /// Opens raft over `store`. An empty store of a new cluster is
+    /// bootstrapped from `cfg.bootstrap`: those conf changes become entries
+    /// 1..=n of term 1, committed, as on every other initial member. A lone
+    /// voter then elects itself at once. `tune` may adjust raft's settings
+    /// (the simulator fixes the election timeout).
+    pub(crate) fn new(
+        cfg: NodeConfig,
+        mut store: S,
+        sm: M,
+        transport: T,
+        rx: Receiver<Msg<M::Output>>,
+        nonce: [u8; 8],
+        tune: impl FnOnce(&mut raft::Config),
+    ) -> Result<(Self, watch::Receiver<NodeStatus>), StartError> {
+        let state = store.initial_state()?;
+        let mut conf = state.conf_state.clone();
+        let empty = conf.voters.is_empty()
+            && conf.learners.is_empty()
+            && store.last_index()? == 0
+            && state.hard_state.term == 0;
+        if empty && !cfg.bootstrap.is_empty() {
+            conf = write_bootstrap(&mut store, &cfg.bootstrap)?;
+        }
+        let state = store.initial_state()?;
+        let applied = planted::applied_at_start(sm.applied_index().min(state.hard_state.commit), &store);
+        let store = SnapStore {
+            term: store.term(applied).unwrap_or(0),
+            index: applied,
+            conf: conf.clone(),
+            inner: store,
+        };
+        let mut rcfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks.max(2),
+            heartbeat_tick: 1,
+            applied,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        tune(&mut rcfg);
+        rcfg.validate()?;
+        let raw = RawNode::new(&rcfg, store, &crate::log::logger())?;
+        // A lone voter elects itself at once, as soon as the bootstrap
+        // entries are applied (raft will not campaign before).
+        let campaign_now = conf.voters == [cfg.id] && conf.learners.is_empty();
+        let (status_tx, status_rx) = watch::channel(NodeStatus {
+            id: cfg.id,
+            applied_index: sm.applied_index(),
+            ..Default::default()
+        });
+        let mut driver = Driver {
+            raw,
+            sm,
+            transport,
+            campaign_now,
+            was_member: conf.voters.contains(&cfg.id) || conf.learners.contains(&cfg.id),
+            last_heard: HashMap::new(),
+            conf,
+            rx,
+            status: status_tx,
+            cfg,
+            nonce,
+            next_id: 1,
+            waiters: BTreeMap::new(),
+            reads_unsent: Vec::new(),
+            reads_in_flight: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+        };
+        // Apply what is committed (the bootstrap entries) and let a lone
+        // voter win its election before the first caller arrives.
+        driver.on_ready().map_err(StartError::Storage)?;
+        driver.maybe_campaign().map_err(StartError::Storage)?;
+        driver.publish(None);
+        Ok((driver, status_rx))
+    }
+
     fn run(&mut self) {
         let tick = self.cfg.heartbeat_interval.max(Duration::from_millis(1));
         let mut next_tick = Instant::now() + tick;
@@ -417,14 +437,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(m) => {
-                    if !self.handle(m) {
+                    if !self.handle(m, Instant::now()) {
                         break Ok(());
                     }
                     let mut stop = false;
                     for _ in 0..MAX_BATCH {
                         match self.rx.try_recv() {
                             Ok(m) => {
-                                if !self.handle(m) {
+                                if !self.handle(m, Instant::now()) {
                                     stop = true;
                                     break;
                                 }
@@ -451,40 +471,9 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                     next_tick = now + tick;
                 }
             }
-            // A leader answers ReadIndex only once it has committed an entry
-            // of its own term; raft-rs silently drops earlier requests.
-            let can_read =
-                self.raw.raft.state != StateRole::Leader || self.raw.raft.commit_to_current_term();
-            if !self.reads_unsent.is_empty() && can_read {
-                let id = self.take_id();
-                self.raw.read_index(self.context(id));
-                self.reads_in_flight
-                    .insert(id, (now, std::mem::take(&mut self.reads_unsent)));
-            }
-            // A ReadIndex request or its answer can be lost (a connection
-            // to the leader that broke, a leader that dropped it): raft does
-            // not resend it, so ask again, as etcd's read loop does.
-            if can_read {
-                let stale: Vec<u64> = self
-                    .reads_in_flight
-                    .iter()
-                    .filter(|(_, (at, _))| now.duration_since(*at) >= READ_INDEX_RETRY)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for old in stale {
-                    let (_, waiters) = self.reads_in_flight.remove(&old).expect("listed");
-                    let id = self.take_id();
-                    self.raw.read_index(self.context(id));
-                    self.reads_in_flight.insert(id, (now, waiters));
-                }
-            }
-            if let Err(e) = self.on_ready() {
+            if let Err(e) = self.process(now) {
                 break Err(e);
             }
-            if let Err(e) = self.maybe_campaign() {
-                break Err(e);
-            }
-            self.publish(None);
         };
         let fatal = outcome.err();
         if let Some(e) = &fatal {
@@ -492,6 +481,43 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         }
         self.fail_all(ProposeError::Stopped);
         self.publish(fatal);
+    }
+
+    /// Everything after new input (requests, messages, a tick): ReadIndex
+    /// requests sent or resent, the ready state persisted, applied and
+    /// sent, a pending campaign started, the status published.
+    pub(crate) fn process(&mut self, now: Instant) -> Result<(), String> {
+        // A leader answers ReadIndex only once it has committed an entry
+        // of its own term; raft-rs silently drops earlier requests.
+        let can_read =
+            self.raw.raft.state != StateRole::Leader || self.raw.raft.commit_to_current_term();
+        if !self.reads_unsent.is_empty() && can_read {
+            let id = self.take_id();
+            self.raw.read_index(self.context(id));
+            self.reads_in_flight
+                .insert(id, (now, std::mem::take(&mut self.reads_unsent)));
+        }
+        // A ReadIndex request or its answer can be lost (a connection
+        // to the leader that broke, a leader that dropped it): raft does
+        // not resend it, so ask again, as etcd's read loop does.
+        if can_read {
+            let stale: Vec<u64> = self
+                .reads_in_flight
+                .iter()
+                .filter(|(_, (at, _))| now.duration_since(*at) >= READ_INDEX_RETRY)
+                .map(|(id, _)| *id)
+                .collect();
+            for old in stale {
+                let (_, waiters) = self.reads_in_flight.remove(&old).expect("listed");
+                let id = self.take_id();
+                self.raw.read_index(self.context(id));
+                self.reads_in_flight.insert(id, (now, waiters));
+            }
+        }
+        self.on_ready()?;
+        self.maybe_campaign()?;
+        self.publish(None);
+        Ok(())
     }
 
     fn maybe_campaign(&mut self) -> Result<(), String> {
@@ -526,7 +552,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
     }
 
     /// Returns false to stop.
-    fn handle(&mut self, m: Msg<M::Output>) -> bool {
+    pub(crate) fn handle(&mut self, m: Msg<M::Output>, now: Instant) -> bool {
         match m {
             Msg::Shutdown => return false,
             Msg::Propose { data, tx } => {
@@ -571,7 +597,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 }
             }
             Msg::Step(m) => {
-                self.last_heard.insert(m.from, Instant::now());
+                self.last_heard.insert(m.from, now);
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
@@ -602,7 +628,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                             .filter(|id| {
                                 self.last_heard
                                     .get(id)
-                                    .is_some_and(|t| t.elapsed() <= window)
+                                    .is_some_and(|t| now.saturating_duration_since(*t) <= window)
                             })
                             .collect()
                     },
@@ -612,6 +638,11 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             Msg::Read { tx } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = tx.send(Err(ProposeError::NoLeader));
+                } else if planted::on(planted::Bug::LocalRead)
+                    && self.raw.raft.state == StateRole::Leader
+                {
+                    let committed = self.raw.raft.raft_log.committed;
+                    self.reads_waiting_apply.push((committed, vec![tx]));
                 } else {
                     self.reads_unsent.push(tx);
                 }
@@ -660,7 +691,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             && ss.raft_state != StateRole::Leader
         {
             // Reads in flight were for a leadership this node no longer has.
-            for (_, (_, waiters)) in self.reads_in_flight.drain() {
+            for (_, (_, waiters)) in std::mem::take(&mut self.reads_in_flight) {
                 for w in waiters {
                     let _ = w.send(Err(ProposeError::LeaderChanged));
                 }
@@ -669,7 +700,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         // Entries and hard state are durable before anything that depends on
         // them: their application, and any reply.
         if !rd.entries().is_empty() || rd.hs().is_some() {
-            let sync = rd.must_sync();
+            let sync = rd.must_sync() && !planted::on(planted::Bug::AckBeforeFsync);
             let started = std::time::Instant::now();
             self.raw
                 .mut_store()
@@ -716,7 +747,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         for e in entries {
             let ty = e.get_entry_type();
-            if e.index <= self.sm.applied_index() {
+            if e.index <= self.sm.applied_index() && !planted::on(planted::Bug::ApplyTwice) {
                 // Already in the state machine (applied before a restart, or
                 // part of a snapshot's content). Raft's configuration still
                 // has to follow the log.
@@ -830,14 +861,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         Ok(())
     }
 
-    fn fail_all(&mut self, e: ProposeError) {
-        for (_, w) in self.waiters.drain() {
+    pub(crate) fn fail_all(&mut self, e: ProposeError) {
+        for (_, w) in std::mem::take(&mut self.waiters) {
             let _ = w.send(Err(e.clone()));
         }
         let reads = self
             .reads_unsent
             .drain(..)
-            .chain(self.reads_in_flight.drain().flat_map(|(_, (_, w))| w))
+            .chain(std::mem::take(&mut self.reads_in_flight).into_values().flat_map(|(_, w)| w))
             .chain(self.reads_waiting_apply.drain(..).flat_map(|(_, w)| w));
         for w in reads.collect::<Vec<_>>() {
             let _ = w.send(Err(e.clone()));
@@ -855,9 +886,21 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         self.conf.voters.contains(&self.cfg.id) || self.conf.learners.contains(&self.cfg.id)
     }
 
-    fn publish(&self, fatal: Option<String>) {
+    pub(crate) fn publish(&self, fatal: Option<String>) {
+        let next = self.status_now(fatal);
+        self.status.send_if_modified(|s| {
+            if *s == next {
+                false
+            } else {
+                *s = next;
+                true
+            }
+        });
+    }
+
+    pub(crate) fn status_now(&self, fatal: Option<String>) -> NodeStatus {
         let r = &self.raw.raft;
-        let next = NodeStatus {
+        NodeStatus {
             id: self.cfg.id,
             leader_id: if fatal.is_some() { 0 } else { r.leader_id },
             term: r.term,
@@ -867,14 +910,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             learners: self.conf.learners.clone(),
             removed: self.removed(),
             fatal,
-        };
-        self.status.send_if_modified(|s| {
-            if *s == next {
-                false
-            } else {
-                *s = next;
-                true
-            }
-        });
+        }
     }
 }

@@ -1,0 +1,73 @@
+//! The clients' history, checked for linearizability by `cairn-check`.
+
+use cairn_check::{History, Op, Outcome as Checked, Ret};
+
+use crate::workload::{Outcome, Record, Req};
+
+/// Checks the history; returns the number of (linearized set, state) pairs
+/// the checker explored.
+///
+/// Times: within one simulated millisecond the clients send before they
+/// read answers, so a request sent at `t` is concurrent with one answered
+/// at `t`, and one answered at `t` precedes one sent at `t + 1`.
+pub fn check(history: &[Record]) -> Result<u64, String> {
+    let mut h = History::new();
+    for r in history {
+        let op = match &r.req {
+            Req::Put { key, value, lease: 0 } => Op::put(key.as_str(), value.as_str()),
+            Req::Put { key, value, lease } => {
+                Op::put_with_lease(key.as_str(), value.as_str(), *lease)
+            }
+            Req::Get { key } => Op::get(key.as_str()),
+            Req::Delete { key } => Op::delete(key.as_str()),
+            Req::Cas { key, expect, value } => {
+                Op::cas_mod_revision(key.as_str(), *expect, value.as_str())
+            }
+            Req::LeaseGrant { id } => Op::lease_grant(*id, 3600),
+            Req::LeaseRevoke { id } => Op::lease_revoke(*id),
+        };
+        let outcome = match &r.outcome {
+            Outcome::Put { revision } => Checked::Ok(Ret::Put {
+                revision: *revision,
+            }),
+            Outcome::Get {
+                value,
+                mod_revision,
+                revision,
+            } => Checked::Ok(Ret::get(value.as_deref(), *mod_revision, *revision)),
+            Outcome::Delete { deleted, revision } => Checked::Ok(Ret::Delete {
+                deleted: *deleted as u64,
+                revision: *revision,
+            }),
+            Outcome::Cas {
+                succeeded: true,
+                revision,
+                ..
+            } => Checked::Ok(Ret::cas_succeeded(*revision)),
+            Outcome::Cas {
+                succeeded: false,
+                revision,
+                value,
+                mod_revision,
+            } => Checked::Ok(Ret::cas_failed(value.as_deref(), *mod_revision, *revision)),
+            Outcome::LeaseGrant { revision } | Outcome::LeaseRevoke { revision } => {
+                Checked::Ok(Ret::Lease {
+                    revision: *revision,
+                })
+            }
+            Outcome::Failed(_) => Checked::Failed,
+            Outcome::Unknown => Checked::Unknown,
+        };
+        h.record(
+            r.client as u64,
+            op,
+            2 * r.invoked,
+            2 * r.completed + 1,
+            outcome,
+        );
+    }
+    match cairn_check::check(&h) {
+        Ok(report) => Ok(report.states),
+        Err(v) => Err(format!("linearizability: {v}")),
+    }
+}
