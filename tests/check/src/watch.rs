@@ -203,6 +203,25 @@ fn check_stream(
         let e = &committed.events[matching[next]];
         format!("missing committed event {}", show_event(e))
     };
+    // A due event not delivered by item `i`: out of order if it comes later,
+    // a gap if it never does.
+    let late_or_missing = |next: usize, i: usize| {
+        let due = &committed.events[matching[next]].kv;
+        let later = s.received[i + 1..].iter().position(|r| {
+            matches!(r, Received::Event(e) if e.kv.mod_revision == due.mod_revision && e.kv.key == due.key)
+        });
+        match later {
+            Some(j) => (
+                WatchViolationKind::OutOfOrder,
+                format!(
+                    "committed event {} arrives late, at item {}",
+                    show_event(&committed.events[matching[next]]),
+                    i + 1 + j
+                ),
+            ),
+            None => (WatchViolationKind::Gap, missing(next)),
+        }
+    };
 
     for (i, item) in s.received.iter().enumerate() {
         if let Some(j) = ended {
@@ -218,13 +237,11 @@ fn check_stream(
                 if next < matching.len()
                     && committed.events[matching[next]].kv.mod_revision <= *revision
                 {
+                    let (kind, what) = late_or_missing(next, i);
                     return Err(fail(
-                        WatchViolationKind::Gap,
+                        kind,
                         Some(i),
-                        format!(
-                            "progress notification at revision {revision}, {}",
-                            missing(next)
-                        ),
+                        format!("progress notification at revision {revision}, {what}"),
                     ));
                 }
                 if progress.is_none_or(|(r, _)| *revision > r) {
@@ -333,10 +350,11 @@ fn check_stream(
             .binary_search(&p)
             .expect("a committed event in range at or after the start matches");
         if k > next {
+            let (kind, what) = late_or_missing(next, i);
             return Err(fail(
-                WatchViolationKind::Gap,
+                kind,
                 Some(i),
-                format!("{} before {}", missing(next), show_event(e)),
+                format!("{what} before {}", show_event(e)),
             ));
         }
         next = k + 1;
