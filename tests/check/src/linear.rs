@@ -87,6 +87,12 @@ use search::Found;
 /// Limits on the search.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// A lease and the keys it is attached to are checked as one partition
+    /// while that partition has at most this many keys; past that, the
+    /// lease's grant, revoke and expiry ops are copied into the partition of
+    /// each of its keys instead (sound, but a revoke is then not required to
+    /// happen at one point for all its keys; see the module doc).
+    pub lease_group_keys_max: usize,
     /// Distinct (linearized set, state) pairs one partition may visit before
     /// its verdict is "inconclusive". Each costs about 100–200 bytes.
     pub states_max: u64,
@@ -149,6 +155,8 @@ struct Part {
 /// Union-find over keys and leases.
 struct Groups {
     parent: Vec<usize>,
+    /// Keys in the set, at its root.
+    keys: Vec<usize>,
     node: HashMap<Node, usize>,
 }
 
@@ -181,7 +189,7 @@ pub fn check_with(h: &History, config: &Config) -> Result<Report, Violation> {
     }
     revision::check(h)?;
 
-    let parts = partition(h);
+    let parts = partition(h, config);
     report.partitions = parts.len();
     let mut failures: Vec<Violation> = Vec::new();
     let mut inconclusive: Vec<Violation> = Vec::new();
@@ -223,64 +231,75 @@ pub fn check_with(h: &History, config: &Config) -> Result<Report, Violation> {
     }
 }
 
-fn partition(h: &History) -> Vec<Part> {
+fn partition(h: &History, config: &Config) -> Vec<Part> {
     let mut groups = Groups {
         parent: Vec::new(),
+        keys: Vec::new(),
         node: HashMap::new(),
     };
-    for (k, _, _) in h.initial() {
-        groups.find_node(Node::Key(k.clone()));
-    }
     let relevant = |e: &&Entry| match e.outcome() {
         Outcome::Failed => false,
         // An unknown read changes nothing and constrains nothing.
         Outcome::Unknown => !matches!(e.op, Op::Get { .. }),
         Outcome::Ok(_) => true,
     };
+    // Which keys each lease is ever attached to.
+    let mut attached: BTreeMap<LeaseId, Vec<usize>> = BTreeMap::new();
     for e in h.entries().iter().filter(relevant) {
         let k = e.op.key().map(|k| groups.find_node(Node::Key(k.to_vec())));
-        let l = e.op.lease().map(|l| groups.find_node(Node::Lease(l)));
-        if let (Some(k), Some(l)) = (k, l) {
-            groups.union(k, l);
+        let l = e.op.lease();
+        if let Some(l) = l {
+            groups.find_node(Node::Lease(l));
+        }
+        let keys = l.map(|l| attached.entry(l).or_default());
+        if let (Some(k), Some(keys)) = (k, keys)
+            && !keys.contains(&k)
+        {
+            keys.push(k);
         }
     }
-    // Partitions in a fixed order (by their smallest node) for stable output.
+    // A lease joins its keys' partition while that stays small; otherwise
+    // its ops are copied into each of its keys' partitions.
+    let mut copied: HashMap<LeaseId, Vec<usize>> = HashMap::new();
+    for (l, keys) in &attached {
+        let ln = groups.node[&Node::Lease(*l)];
+        let mut roots: Vec<usize> = keys.iter().map(|&k| groups.root(k)).collect();
+        roots.push(groups.root(ln));
+        roots.sort_unstable();
+        roots.dedup();
+        let total: usize = roots.iter().map(|&r| groups.keys[r]).sum();
+        if total <= config.lease_group_keys_max {
+            for &r in &roots[1..] {
+                groups.union(roots[0], r);
+            }
+        } else {
+            copied.insert(*l, keys.clone());
+        }
+    }
     let mut by_root: BTreeMap<usize, Part> = BTreeMap::new();
-    let mut nodes: Vec<(Node, usize)> = groups.node.iter().map(|(n, &i)| (n.clone(), i)).collect();
-    nodes.sort();
-    let mut order: Vec<usize> = Vec::new();
-    for (n, i) in nodes {
-        let root = groups.root(i);
-        if !by_root.contains_key(&root) {
-            order.push(root);
-        }
-        let part = by_root.entry(root).or_default();
-        match n {
-            Node::Key(k) => {
-                part.key_index.insert(k.clone(), part.keys.len());
-                part.keys.push(k);
-            }
-            Node::Lease(l) => {
-                part.lease_index.insert(l, part.leases.len());
-                part.leases.push(l);
-            }
-        }
-    }
     for e in h.entries().iter().filter(relevant) {
-        let node = match (e.op.key(), e.op.lease()) {
-            (Some(k), _) => Node::Key(k.to_vec()),
-            (None, Some(l)) => Node::Lease(l),
+        let roots: Vec<usize> = match (e.op.key(), e.op.lease()) {
+            (Some(k), _) => vec![groups.root(groups.node[&Node::Key(k.to_vec())])],
+            (None, Some(l)) => match copied.get(&l) {
+                Some(keys) => {
+                    let mut r: Vec<usize> = keys.iter().map(|&k| groups.root(k)).collect();
+                    r.sort_unstable();
+                    r.dedup();
+                    r
+                }
+                None => vec![groups.root(groups.node[&Node::Lease(l)])],
+            },
             (None, None) => unreachable!("every op names a key or a lease"),
         };
-        let root = groups.root(groups.node[&node]);
-        let part = by_root.get_mut(&root).expect("every node has a partition");
-        let op = part.intern(e);
-        part.ops.push(op);
+        for r in roots {
+            let part = by_root.entry(r).or_default();
+            let op = part.intern(e);
+            part.ops.push(op);
+        }
     }
-    order
-        .into_iter()
-        .map(|r| {
-            let mut p = by_root.remove(&r).expect("listed root");
+    by_root
+        .into_values()
+        .map(|mut p| {
             p.ops.sort_by_key(|o| (o.invoke, o.entry));
             p
         })
@@ -292,6 +311,7 @@ fn partition(h: &History) -> Vec<Part> {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            lease_group_keys_max: 8,
             states_max: 500_000,
         }
     }
@@ -302,9 +322,11 @@ impl Default for Config {
 impl Groups {
     fn find_node(&mut self, n: Node) -> usize {
         let next = self.parent.len();
+        let is_key = matches!(n, Node::Key(_));
         let i = *self.node.entry(n).or_insert(next);
         if i == next {
             self.parent.push(next);
+            self.keys.push(usize::from(is_key));
         }
         i
     }
@@ -322,6 +344,7 @@ impl Groups {
             // The smaller index stays root, so roots are deterministic.
             let (lo, hi) = (ra.min(rb), ra.max(rb));
             self.parent[hi] = lo;
+            self.keys[lo] += self.keys[hi];
         }
     }
 }
@@ -329,6 +352,22 @@ impl Groups {
 // === impl Part ===
 
 impl Part {
+    fn key(&mut self, k: &[u8]) -> usize {
+        if let Some(&i) = self.key_index.get(k) {
+            return i;
+        }
+        self.key_index.insert(k.to_vec(), self.keys.len());
+        self.keys.push(k.to_vec());
+        self.keys.len() - 1
+    }
+
+    fn lease(&mut self, l: LeaseId) -> usize {
+        *self.lease_index.entry(l).or_insert_with(|| {
+            self.leases.push(l);
+            self.leases.len() - 1
+        })
+    }
+
     fn value(&mut self, v: &[u8]) -> u32 {
         if let Some(&i) = self.value_index.get(v) {
             return i;
@@ -343,9 +382,9 @@ impl Part {
         let ret = e.ret();
         let kind = match &e.op {
             Op::Put { key, value, lease } => Kind::Put {
-                key: self.key_index[key.as_slice()],
+                key: self.key(key),
                 value: self.value(value),
-                lease: lease.map(|l| self.lease_index[&l]),
+                lease: lease.map(|l| self.lease(l)),
                 revision: ret.and_then(Ret::revision),
             },
             Op::Get { key } => {
@@ -358,14 +397,14 @@ impl Part {
                     unreachable!("unknown gets are dropped; Ret kind checked on complete")
                 };
                 Kind::Get {
-                    key: self.key_index[key.as_slice()],
+                    key: self.key(key),
                     value: value.as_deref().map(|v| self.value(v)),
                     mod_revision: *mod_revision,
                     revision: *revision,
                 }
             }
             Op::Delete { key } => Kind::Delete {
-                key: self.key_index[key.as_slice()],
+                key: self.key(key),
                 ret: match ret {
                     Some(Ret::Delete { deleted, revision }) => Some((*deleted, *revision)),
                     _ => None,
@@ -376,7 +415,7 @@ impl Part {
                 compare,
                 value,
             } => Kind::Cas {
-                key: self.key_index[key.as_slice()],
+                key: self.key(key),
                 compare: match compare {
                     Compare::ModRevision(r) => Cmp::ModRevision(*r),
                     Compare::Value(v) => Cmp::Value(self.value(v)),
@@ -398,11 +437,11 @@ impl Part {
                 },
             },
             Op::LeaseGrant { id, .. } => Kind::Grant {
-                lease: self.lease_index[id],
+                lease: self.lease(*id),
                 revision: ret.and_then(Ret::revision),
             },
             Op::LeaseRevoke { id } | Op::LeaseExpire { id } => Kind::Revoke {
-                lease: self.lease_index[id],
+                lease: self.lease(*id),
                 revision: ret.and_then(Ret::revision),
             },
         };

@@ -381,7 +381,14 @@ fn budget_exhausted_is_inconclusive_not_a_pass() {
         h.complete(w, 1, Outcome::Unknown);
     }
     h.record(99, Op::get("k"), 10, 20, got(Some("never"), 30, 30));
-    let v = check_with(&h, &Config { states_max: 100 }).unwrap_err();
+    let v = check_with(
+        &h,
+        &Config {
+            states_max: 100,
+            ..Config::default()
+        },
+    )
+    .unwrap_err();
     assert_eq!(v.kind, ViolationKind::Inconclusive, "{v}");
     println!("{v}");
 }
