@@ -1,0 +1,304 @@
+//! Wing & Gong's depth-first search for a linearization, with Lowe's
+//! memoization of (set of linearized ops, model state) pairs.
+//!
+//! At each point, an op may be linearized next if it is not yet linearized
+//! and was invoked no later than the earliest deadline among the required
+//! (completed `Ok`) ops not yet linearized: anything invoked after that
+//! deadline follows it in real time. Unknown ops have no deadline, so they
+//! never constrain others and may be linearized at any later point or not at
+//! all; the search succeeds once every required op is linearized.
+
+use std::collections::HashMap;
+
+use super::history::Revision;
+use super::model::{Kind, PartOp, Reject, State};
+
+/// What the search found.
+pub(crate) enum Found {
+    Linearizable {
+        states: u64,
+    },
+    /// No order works. `prefix` is the longest linearizable prefix found (op
+    /// indices, in order), `state` the model state after it and `stuck` the
+    /// ops that could have gone next with why each could not.
+    Violation {
+        states: u64,
+        prefix: Vec<usize>,
+        state: State,
+        stuck: Vec<(usize, Reject)>,
+    },
+    /// The budget ran out first: neither verdict.
+    Inconclusive {
+        states: u64,
+    },
+}
+
+struct Frame {
+    state: State,
+    /// The op linearized to reach this frame (none for the root).
+    chosen: Option<usize>,
+    candidates: Vec<usize>,
+    next: usize,
+    rejected: Vec<(usize, Reject)>,
+    /// Every op before this index, in invocation order, is linearized.
+    first_open: usize,
+    /// Every required op before this index, in deadline order, is linearized.
+    first_due: usize,
+    /// Every required op before this index, in invocation order, is linearized.
+    first_required: usize,
+    /// The earliest deadline of a required op not linearized.
+    due: u64,
+}
+
+struct Bits(Vec<u64>);
+
+/// The ops of a partition, indexed three ways.
+struct Index<'a> {
+    ops: &'a [PartOp],
+    /// Required ops by deadline.
+    by_deadline: Vec<usize>,
+    /// Required ops in invocation order.
+    required: Vec<usize>,
+    /// Each unknown op's bit in the set of unknown ops used.
+    unknown_bit: Vec<usize>,
+    unknowns: usize,
+}
+
+/// Memo key: the linearized required ops, as the index of the first one not
+/// linearized (in invocation order) plus a bit window after it — every
+/// linearized required op was invoked by the current deadline, so the window
+/// is about as wide as the concurrency — and the model state without its
+/// revision floor.
+type MemoKey = (usize, Vec<u64>, State);
+
+/// What the memo keeps per key: the revision floor and the unknown ops used.
+type Seen = Vec<(Revision, Bits)>;
+
+/// Searches for a linearization of `ops` (sorted by invocation) from `init`,
+/// visiting at most `budget` distinct configurations.
+///
+/// Lowe's memo records each (linearized set, state) configuration visited,
+/// split into the required ops and the unknown ones. A configuration is
+/// skipped if one was visited that *dominates* it: the same required ops,
+/// the same state except for a revision floor no higher, and a subset of its
+/// unknown ops. That is sound: an unknown op not yet used can still be used
+/// later or never, so fewer used unknowns leave at least the same ways to
+/// finish (the candidates depend on the required ops only), and a lower
+/// floor passes every revision check a higher one passes and ends up at the
+/// same floor after any op with a revision. Without the subset rule, each
+/// unknown write overwritten before it is read would double the search;
+/// without the floor rule, each unknown write used needlessly would (it
+/// raises the floor by one).
+pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
+    debug_assert!(ops.windows(2).all(|w| w[0].invoke <= w[1].invoke));
+    let required: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].required).collect();
+    let mut by_deadline = required.clone();
+    by_deadline.sort_by_key(|&i| ops[i].deadline);
+    let mut unknown_bit = vec![usize::MAX; ops.len()];
+    let mut unknowns = 0;
+    for (i, op) in ops.iter().enumerate() {
+        if !op.required {
+            unknown_bit[i] = unknowns;
+            unknowns += 1;
+        }
+    }
+    let ix = Index {
+        ops,
+        by_deadline,
+        required,
+        unknown_bit,
+        unknowns,
+    };
+    let mut required_left = ix.required.len();
+
+    let mut done = Bits::new(ops.len());
+    let mut used = Bits::new(ix.unknowns);
+    let mut memo: HashMap<MemoKey, Seen> = HashMap::new();
+    let mut states: u64 = 0;
+    let mut best: Option<(usize, Vec<usize>, State, Vec<(usize, Reject)>)> = None;
+    let mut depth_required = 0usize;
+
+    let root = ix.frame(&done, init, None, (0, 0, 0));
+    let mut stack = vec![root];
+    loop {
+        if required_left == 0 {
+            return Found::Linearizable { states };
+        }
+        let n = stack.len();
+        let (below, top) = stack.split_at_mut(n - 1);
+        let top = &mut top[0];
+        if top.next < top.candidates.len() {
+            let i = top.candidates[top.next];
+            top.next += 1;
+            match top.state.step(&ops[i].kind) {
+                Err(why) => top.rejected.push((i, why)),
+                Ok(next) => {
+                    if let (Some(u), Some(g)) = (top.chosen, below.last())
+                        && !ops[u].required
+                        && undoes(&g.state, &ops[i].kind, &next)
+                    {
+                        continue;
+                    }
+                    ix.mark(&mut done, &mut used, i, true);
+                    let starts = (top.first_open, top.first_due, top.first_required);
+                    let child = ix.frame(&done, next, Some(i), starts);
+                    let floor = child.state.floor;
+                    let seen = memo.entry(ix.key(&done, &child)).or_default();
+                    if seen.iter().any(|(f, u)| *f <= floor && u.subset_of(&used)) {
+                        ix.mark(&mut done, &mut used, i, false);
+                        continue;
+                    }
+                    seen.push((floor, Bits(used.0.clone())));
+                    states += 1;
+                    if states > budget {
+                        return Found::Inconclusive { states };
+                    }
+                    if ops[i].required {
+                        required_left -= 1;
+                        depth_required += 1;
+                    }
+                    stack.push(child);
+                }
+            }
+            continue;
+        }
+        // Every candidate tried: remember the deepest dead end, then backtrack.
+        let top = stack.pop().expect("non-empty");
+        if best.as_ref().is_none_or(|b| depth_required > b.0) {
+            let prefix = stack
+                .iter()
+                .filter_map(|f| f.chosen)
+                .chain(top.chosen)
+                .collect();
+            best = Some((depth_required, prefix, top.state.clone(), top.rejected));
+        }
+        let Some(i) = top.chosen else {
+            let (_, prefix, state, stuck) = best.expect("set just above");
+            return Found::Violation {
+                states,
+                prefix,
+                state,
+                stuck,
+            };
+        };
+        ix.mark(&mut done, &mut used, i, false);
+        if ops[i].required {
+            required_left += 1;
+            depth_required -= 1;
+        }
+    }
+}
+
+/// Whether `next`, reached from `g` by an unknown op and then `x`, is
+/// dominated by `g` itself or by `g` then `x` alone: `x` undid or
+/// overwrote everything the unknown op did. Both are configurations with
+/// the same required ops and fewer unknown ops used, explored from `g`.
+fn undoes(g: &State, x: &Kind, next: &State) -> bool {
+    let dominated_by =
+        |s: &State| s.floor <= next.floor && s.keys == next.keys && s.alive == next.alive;
+    dominated_by(g) || g.step(x).is_ok_and(|s| dominated_by(&s))
+}
+
+// === impl Index ===
+
+impl Index<'_> {
+    fn mark(&self, done: &mut Bits, used: &mut Bits, i: usize, on: bool) {
+        done.put(i, on);
+        if !self.ops[i].required {
+            used.put(self.unknown_bit[i], on);
+        }
+    }
+
+    fn frame(
+        &self,
+        done: &Bits,
+        state: State,
+        chosen: Option<usize>,
+        (mut first_open, mut first_due, mut first_required): (usize, usize, usize),
+    ) -> Frame {
+        let ops = self.ops;
+        while first_open < ops.len() && done.get(first_open) {
+            first_open += 1;
+        }
+        while first_due < self.by_deadline.len() && done.get(self.by_deadline[first_due]) {
+            first_due += 1;
+        }
+        while first_required < self.required.len() && done.get(self.required[first_required]) {
+            first_required += 1;
+        }
+        let due = self
+            .by_deadline
+            .get(first_due)
+            .map_or(u64::MAX, |&i| ops[i].deadline);
+        let mut required = Vec::new();
+        let mut optional = Vec::new();
+        for (i, op) in ops.iter().enumerate().skip(first_open) {
+            if op.invoke > due {
+                break;
+            }
+            if done.get(i) {
+                continue;
+            }
+            if op.required {
+                required.push(i);
+            } else {
+                optional.push(i);
+            }
+        }
+        // Ops that must happen are tried before ops that may.
+        required.extend(optional);
+        Frame {
+            state,
+            chosen,
+            candidates: required,
+            next: 0,
+            rejected: Vec::new(),
+            first_open,
+            first_due,
+            first_required,
+            due,
+        }
+    }
+
+    fn key(&self, done: &Bits, f: &Frame) -> MemoKey {
+        let mut window = Bits(Vec::new());
+        for (w, &i) in self.required[f.first_required..].iter().enumerate() {
+            if self.ops[i].invoke > f.due {
+                break;
+            }
+            if done.get(i) {
+                if window.0.len() <= w / 64 {
+                    window.0.resize(w / 64 + 1, 0);
+                }
+                window.put(w, true);
+            }
+        }
+        let mut state = f.state.clone();
+        state.floor = 0;
+        (f.first_required, window.0, state)
+    }
+}
+
+// === impl Bits ===
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn put(&mut self, i: usize, on: bool) {
+        if on {
+            self.0[i / 64] |= 1 << (i % 64);
+        } else {
+            self.0[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
+    fn subset_of(&self, other: &Bits) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
+    }
+}
