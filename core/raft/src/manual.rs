@@ -142,9 +142,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> ManualNode<S, M, T> {
     /// is still there.
     pub fn entry(&self, index: u64) -> Option<Entry> {
         let log = &self.driver.raw.raft.raft_log;
-        log.slice(index, index + 1, None, raft::GetEntriesContext::empty(false))
-            .ok()
-            .and_then(|mut v| v.pop())
+        log.slice(
+            index,
+            index + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )
+        .ok()
+        .and_then(|mut v| v.pop())
     }
 
     pub fn state_machine(&self) -> &M {

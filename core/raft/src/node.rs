@@ -374,7 +374,8 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             conf = write_bootstrap(&mut store, &cfg.bootstrap)?;
         }
         let state = store.initial_state()?;
-        let applied = planted::applied_at_start(sm.applied_index().min(state.hard_state.commit), &store);
+        let applied =
+            planted::applied_at_start(sm.applied_index().min(state.hard_state.commit), &store);
         let store = SnapStore {
             term: store.term(applied).unwrap_or(0),
             index: applied,
@@ -868,7 +869,11 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         let reads = self
             .reads_unsent
             .drain(..)
-            .chain(std::mem::take(&mut self.reads_in_flight).into_values().flat_map(|(_, w)| w))
+            .chain(
+                std::mem::take(&mut self.reads_in_flight)
+                    .into_values()
+                    .flat_map(|(_, w)| w),
+            )
             .chain(self.reads_waiting_apply.drain(..).flat_map(|(_, w)| w));
         for w in reads.collect::<Vec<_>>() {
             let _ = w.send(Err(e.clone()));

@@ -192,10 +192,7 @@ impl LogStore for SimLog {
         self.disk
             .lock()
             .expect("disk")
-            .push(
-                Write::Append(entries.to_vec(), hard_state.cloned()),
-                sync,
-            )
+            .push(Write::Append(entries.to_vec(), hard_state.cloned()), sync)
             .map_err(StorageError)?;
         self.live.append(entries, hard_state, sync)
     }

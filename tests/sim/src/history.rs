@@ -4,6 +4,15 @@ use cairn_check::{History, Op, Outcome as Checked, Ret};
 
 use crate::workload::{Outcome, Record, Req};
 
+/// SIM_HISTORY=<file>: writes the whole history there, one request a line
+/// (debugging a seed).
+pub fn dump_if_asked(history: &[Record]) {
+    if let Ok(path) = std::env::var("SIM_HISTORY") {
+        let lines: Vec<String> = history.iter().map(|r| format!("{r:?}")).collect();
+        let _ = std::fs::write(path, lines.join("\n") + "\n");
+    }
+}
+
 /// Checks the history; returns the number of (linearized set, state) pairs
 /// the checker explored.
 ///
@@ -12,9 +21,26 @@ use crate::workload::{Outcome, Record, Req};
 /// at `t`, and one answered at `t` precedes one sent at `t + 1`.
 pub fn check(history: &[Record]) -> Result<u64, String> {
     let mut h = History::new();
+    // SIM_DUMP=<key>: print every request on that key (debugging a seed).
+    let dump = std::env::var("SIM_DUMP").ok();
     for r in history {
+        if let Some(k) = &dump
+            && match &r.req {
+                Req::Put { key, .. }
+                | Req::Get { key }
+                | Req::Delete { key }
+                | Req::Cas { key, .. } => key == k,
+                _ => false,
+            }
+        {
+            eprintln!("{r:?}");
+        }
         let op = match &r.req {
-            Req::Put { key, value, lease: 0 } => Op::put(key.as_str(), value.as_str()),
+            Req::Put {
+                key,
+                value,
+                lease: 0,
+            } => Op::put(key.as_str(), value.as_str()),
             Req::Put { key, value, lease } => {
                 Op::put_with_lease(key.as_str(), value.as_str(), *lease)
             }

@@ -18,9 +18,9 @@
 //! linearizability checker (`cairn-check`).
 
 pub mod disk;
+pub mod history;
 pub mod invariants;
 pub mod machine;
-pub mod history;
 pub mod sim;
 pub mod workload;
 

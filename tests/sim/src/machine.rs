@@ -61,7 +61,14 @@ impl Machine {
         }
     }
 
-    fn note(&self, index: u64, term: u64, entry: u64, before: u64, a: Option<&cairn_mvcc::Applied>) {
+    fn note(
+        &self,
+        index: u64,
+        term: u64,
+        entry: u64,
+        before: u64,
+        a: Option<&cairn_mvcc::Applied>,
+    ) {
         let (revision, events) = match a {
             Some(a) => {
                 let mut h = std::hash::DefaultHasher::new();
@@ -80,7 +87,8 @@ impl Machine {
             }
             None => (self.mvcc.current_revision(), 0),
         };
-        let state_hash = (index % HASH_EVERY == 0)
+        let state_hash = index
+            .is_multiple_of(HASH_EVERY)
             .then(|| self.mvcc.hash_kv(0).map(|(h, _, _)| h).unwrap_or(0));
         self.observer.lock().expect("observer").push(Applied {
             node: self.node,

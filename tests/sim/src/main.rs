@@ -35,7 +35,9 @@ fn main() -> ExitCode {
             "--clients" => cfg.clients = val("--clients") as usize,
             "--no-membership" => cfg.membership = false,
             other => {
-                eprintln!("cairn-sim: unknown argument {other:?} (see the doc comment in tests/sim/src/main.rs)");
+                eprintln!(
+                    "cairn-sim: unknown argument {other:?} (see the doc comment in tests/sim/src/main.rs)"
+                );
                 return ExitCode::from(2);
             }
         }

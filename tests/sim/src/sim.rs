@@ -80,6 +80,7 @@ pub struct Report {
     pub messages_lost: u64,
     pub snapshots_sent: u64,
     pub faults: BTreeMap<&'static str, u64>,
+    pub answers_checked: usize,
     pub history_states: u64,
 }
 
@@ -178,7 +179,18 @@ struct Sim {
 /// Runs one seed.
 pub fn run(seed: u64, cfg: &Config) -> Result<Report, Failure> {
     let mut sim = Sim::new(seed, cfg.clone());
-    let out = sim.run_all();
+    // A panic in a node (raft-rs asserts on a log it finds lost or
+    // corrupted) fails the seed like a broken invariant.
+    let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run_all())) {
+        Ok(out) => out,
+        Err(p) => Err(format!(
+            "a node panicked: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    };
     match out {
         Ok(()) => {
             let mut r = sim.report.clone();
@@ -320,6 +332,14 @@ impl Sim {
 
     fn count(&mut self, what: &'static str) {
         *self.report.faults.entry(what).or_default() += 1;
+        self.trace(what);
+    }
+
+    /// SIM_TRACE=1: prints what happens (debugging a seed).
+    fn trace(&self, what: &str) {
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("[{} ms] {what} | {}", self.now, self.describe());
+        }
     }
 
     /// One fault, chosen by the seed.
@@ -331,6 +351,7 @@ impl Sim {
             .map(|s| s.id)
             .collect();
         let pick = members[self.rng.random_range(0..members.len())];
+        self.trace(&format!("fault on n{pick}"));
         let heal = self.now + self.rng.random_range(200..2_000);
         match self.rng.random_range(0..100) {
             0..25 => {
@@ -404,9 +425,13 @@ impl Sim {
         let Some(i) = self.slots.iter().position(|s| s.id == id) else {
             return false;
         };
-        if self.slots[i].node.is_none() {
+        let Some(n) = self.slots[i].node.as_ref() else {
             return false;
-        }
+        };
+        let before = (
+            raft::Storage::last_index(n.log_store()).unwrap_or(0),
+            n.commit_index(),
+        );
         self.slots[i].node = None;
         self.slots[i].outbox.0.lock().expect("outbox").clear();
         self.slots[i]
@@ -415,6 +440,16 @@ impl Sim {
             .expect("disk")
             .crash(&mut self.rng);
         self.slots[i].restart_at = Some(restart);
+        let (log, _, _) = disk::open(&self.slots[i].disk);
+        self.trace(&format!(
+            "n{id} crashed: log last {} commit {} before; last {} commit {} on disk",
+            before.0,
+            before.1,
+            raft::Storage::last_index(&log).unwrap_or(0),
+            raft::Storage::initial_state(&log)
+                .map(|s| s.hard_state.commit)
+                .unwrap_or(0)
+        ));
         true
     }
 
@@ -438,11 +473,14 @@ impl Sim {
                 .is_some_and(|n| n.status().applied_index + 5 >= st.commit_index);
             if caught_up {
                 let cc = conf_change(l, ConfChangeType::AddNode);
-                let _ = self.slots[li]
-                    .node
-                    .as_mut()
-                    .expect("leader")
-                    .propose_conf_change(cc, now);
+                // Its outcome shows in the configuration.
+                drop(
+                    self.slots[li]
+                        .node
+                        .as_mut()
+                        .expect("leader")
+                        .propose_conf_change(cc, now),
+                );
                 self.count("learner promoted");
             }
             return Ok(());
@@ -454,7 +492,7 @@ impl Sim {
         let followers: Vec<u64> = st.voters.iter().copied().filter(|&v| v != st.id).collect();
         let gone = followers[self.rng.random_range(0..followers.len())];
         let node = self.slots[li].node.as_mut().expect("leader");
-        let _ = node.propose_conf_change(conf_change(gone, ConfChangeType::RemoveNode), now);
+        drop(node.propose_conf_change(conf_change(gone, ConfChangeType::RemoveNode), now));
         let id = self.next_id;
         self.next_id += 1;
         // The add goes in once the removal applied (one change at a time):
@@ -476,7 +514,8 @@ impl Sim {
         let (log, backend, restoring) = disk::open(&self.slots[i].disk);
         let mvcc = Mvcc::open(backend).map_err(|e| format!("node {id}: opening the store: {e}"))?;
         if let Some(data) = restoring {
-            machine::restore(&mvcc, data).map_err(|e| format!("node {id}: redoing a restore: {e}"))?;
+            machine::restore(&mvcc, data)
+                .map_err(|e| format!("node {id}: redoing a restore: {e}"))?;
         }
         let sm = Machine::new(id, mvcc, self.observer.clone());
         let cfg = NodeConfig {
@@ -539,7 +578,7 @@ impl Sim {
         }
         // Ticks.
         for s in &mut self.slots {
-            if (self.now + s.phase) % TICK_MS == 0
+            if (self.now + s.phase).is_multiple_of(TICK_MS)
                 && let Some(n) = s.node.as_mut()
             {
                 n.tick();
@@ -622,11 +661,13 @@ impl Sim {
         {
             let now = self.instant();
             let cc = conf_change(new, ConfChangeType::AddLearnerNode);
-            let _ = self.slots[li]
-                .node
-                .as_mut()
-                .expect("leader")
-                .propose_conf_change(cc, now);
+            drop(
+                self.slots[li]
+                    .node
+                    .as_mut()
+                    .expect("leader")
+                    .propose_conf_change(cc, now),
+            );
             self.slots.push(Slot {
                 id: new,
                 disk: Arc::new(Mutex::new(Journal::default())),
@@ -741,7 +782,15 @@ impl Sim {
                 (Req::Put { key, .. }, Outcome::Put { revision }) => {
                     self.last_mod.insert(key.clone(), *revision);
                 }
-                (Req::Cas { key, .. }, Outcome::Cas { succeeded, revision, mod_revision, .. }) => {
+                (
+                    Req::Cas { key, .. },
+                    Outcome::Cas {
+                        succeeded,
+                        revision,
+                        mod_revision,
+                        ..
+                    },
+                ) => {
                     let m = if *succeeded { *revision } else { *mod_revision };
                     self.last_mod.insert(key.clone(), m);
                 }
@@ -805,8 +854,18 @@ impl Sim {
         if self.pending_add.is_some() || self.clients.iter().any(|c| c.busy.is_some()) {
             return false;
         }
-        let Some(li) = self.leader() else { return false };
-        let commit = self.slots[li].node.as_ref().expect("leader").commit_index();
+        let Some(li) = self.leader() else {
+            return false;
+        };
+        let leader = self.slots[li].node.as_ref().expect("leader");
+        let commit = leader.commit_index();
+        // Everything in the leader's log committed, including an entry of
+        // its own term (until then, entries of earlier terms it holds are
+        // not known committed).
+        let last = raft::Storage::last_index(leader.log_store()).unwrap_or(0);
+        if commit != last || leader.entry(commit).is_none_or(|e| e.term != leader.term()) {
+            return false;
+        }
         self.slots.iter().filter(|s| !s.removed).all(|s| {
             s.node
                 .as_ref()
@@ -841,6 +900,7 @@ impl Sim {
     /// Once converged: the same key space everywhere, and a linearizable
     /// client history.
     fn final_checks(&mut self) -> Result<(), String> {
+        crate::history::dump_if_asked(&self.history);
         let mut hashes = Vec::new();
         for s in &self.slots {
             if let Some(n) = &s.node {
@@ -852,7 +912,10 @@ impl Sim {
                 hashes.push((s.id, h.0, h.2));
             }
         }
-        if hashes.windows(2).any(|w| (w[0].1, w[0].2) != (w[1].1, w[1].2)) {
+        if hashes
+            .windows(2)
+            .any(|w| (w[0].1, w[0].2) != (w[1].1, w[1].2))
+        {
             return Err(format!("HashKV differs after convergence: {hashes:?}"));
         }
         self.report.ops = self.history.len();
@@ -861,6 +924,35 @@ impl Sim {
         self.report.revisions = self.revisions.highest();
         self.report.terms_with_leader = self.election.terms();
         self.report.state_hashes_compared = self.state_hash.compared;
+        if let Ok(key) = std::env::var("SIM_DUMP")
+            && let Some(n) = self.slots.iter().find_map(|s| s.node.as_ref())
+        {
+            // The key's versions as the store holds them.
+            let mvcc = &n.state_machine().mvcc;
+            let mut last = None;
+            for rev in 1..=mvcc.current_revision() {
+                let r = mvcc.range(&cairn_proto::etcdserverpb::RangeRequest {
+                    key: key.clone().into_bytes(),
+                    revision: rev,
+                    ..Default::default()
+                });
+                let now = r.ok().and_then(|r| r.kvs.first().cloned()).map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        kv.mod_revision,
+                        kv.lease,
+                    )
+                });
+                if now != last {
+                    eprintln!("store: at revision {rev} {key} = {now:?}");
+                    last = now;
+                }
+            }
+        }
+        if let Some(n) = self.slots.iter().find_map(|s| s.node.as_ref()) {
+            self.report.answers_checked =
+                crate::invariants::answers::check(&self.history, &n.state_machine().mvcc)?;
+        }
         self.report.history_states = crate::history::check(&self.history)?;
         Ok(())
     }

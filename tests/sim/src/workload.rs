@@ -16,22 +16,46 @@ use rand::rngs::StdRng;
 /// What a client asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Req {
-    Put { key: String, value: String, lease: i64 },
-    Get { key: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
     /// Put `value` if the key's mod revision is `expect` (0: absent).
-    Cas { key: String, expect: i64, value: String },
-    LeaseGrant { id: i64 },
-    LeaseRevoke { id: i64 },
+    Cas {
+        key: String,
+        expect: i64,
+        value: String,
+    },
+    LeaseGrant {
+        id: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
 }
-
 
 /// What came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Put { revision: i64 },
-    Get { value: Option<String>, mod_revision: i64, revision: i64 },
-    Delete { deleted: i64, revision: i64 },
+    Put {
+        revision: i64,
+    },
+    Get {
+        value: Option<String>,
+        mod_revision: i64,
+        revision: i64,
+    },
+    Delete {
+        deleted: i64,
+        revision: i64,
+    },
     /// When not succeeded, what the failure branch's get read.
     Cas {
         succeeded: bool,
@@ -39,8 +63,12 @@ pub enum Outcome {
         value: Option<String>,
         mod_revision: i64,
     },
-    LeaseGrant { revision: i64 },
-    LeaseRevoke { revision: i64 },
+    LeaseGrant {
+        revision: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
     /// Refused before it could take effect (no leader, lease not found).
     Failed(String),
     /// No answer (timeout, the node crashed): it may or may not have
@@ -81,7 +109,7 @@ pub fn next_request(
             let expect = last_mod(&key);
             Req::Cas { key, expect, value }
         }
-        88..93 => Req::LeaseGrant {
+        88..93 if std::env::var_os("SIM_NO_LEASES").is_none() => Req::LeaseGrant {
             id: ((client as i64) << 32) | seq as i64,
         },
         93..97 if !leases.is_empty() => Req::Put {
@@ -158,13 +186,10 @@ pub fn write_outcome(req: &Req, out: Result<cairn_mvcc::Response, String>) -> Ou
         },
         (Req::Cas { .. }, Ok(R::Txn(t))) => {
             use cairn_proto::etcdserverpb::response_op::Response as Op;
-            let read = t
-                .responses
-                .first()
-                .and_then(|r| match &r.response {
-                    Some(Op::ResponseRange(r)) => r.kvs.first().cloned(),
-                    _ => None,
-                });
+            let read = t.responses.first().and_then(|r| match &r.response {
+                Some(Op::ResponseRange(r)) => r.kvs.first().cloned(),
+                _ => None,
+            });
             Outcome::Cas {
                 succeeded: t.succeeded,
                 revision: rev(&t.header),
@@ -185,10 +210,7 @@ pub fn write_outcome(req: &Req, out: Result<cairn_mvcc::Response, String>) -> Ou
 }
 
 /// A linearizable read's answer from the store at the read point.
-pub fn read_outcome(
-    key: &str,
-    mvcc: &cairn_mvcc::Mvcc<crate::disk::SimBackend>,
-) -> Outcome {
+pub fn read_outcome(key: &str, mvcc: &cairn_mvcc::Mvcc<crate::disk::SimBackend>) -> Outcome {
     match mvcc.range(&RangeRequest {
         key: key.as_bytes().to_vec(),
         ..Default::default()

@@ -2,6 +2,7 @@
 //! returns a description of the violation; the simulator stops the run on
 //! the first one and prints the seed.
 
+pub mod answers;
 pub mod apply_order;
 pub mod committed;
 pub mod election;

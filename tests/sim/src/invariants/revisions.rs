@@ -33,7 +33,8 @@ impl Revisions {
                 ));
             }
         } else {
-            self.by_index.insert(a.index, (a.revision, a.events, a.node));
+            self.by_index
+                .insert(a.index, (a.revision, a.events, a.node));
         }
         // Monotonic in the log: the nearest earlier and later indexes.
         if let Some((i, &(rev, _, _))) = self.by_index.range(..a.index).next_back()
