@@ -183,13 +183,20 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Report, Failure> {
     // corrupted) fails the seed like a broken invariant.
     let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run_all())) {
         Ok(out) => out,
-        Err(p) => Err(format!(
-            "a node panicked: {}",
-            p.downcast_ref::<String>()
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)")
-        )),
+                .unwrap_or("(no message)");
+            // raft-rs's own check that a follower kept what it acknowledged.
+            let why = if msg.contains("to_commit") && msg.contains("out of range") {
+                " (the follower's log lost entries it had acknowledged)"
+            } else {
+                ""
+            };
+            Err(format!("a node panicked: {msg}{why}"))
+        }
     };
     match out {
         Ok(()) => {
