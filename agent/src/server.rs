@@ -1075,23 +1075,18 @@ impl StateMachine for Applier {
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, _cs: &ConfState) -> Applied {
-        let op = match cc.get_change_type() {
-            ConfChangeType::RemoveNode => Op::MemberRemove(cc.node_id),
-            ty => {
-                let mut m = Member::decode(&cc.context[..]).unwrap_or_else(|e| {
-                    fatal(format!(
-                        "raft entry {index}: conf change carries no member record: {e}"
-                    ))
-                });
-                m.id = cc.node_id;
-                m.is_learner = ty == ConfChangeType::AddLearnerNode;
-                Op::MemberSet(m)
-            }
-        };
-        let cmd = Command {
-            op: Some(op),
-            ..Default::default()
-        };
+        let ty = cc.get_change_type();
+        let cmd = cairn_mvcc::conf_change_command(
+            cc.node_id,
+            ty == ConfChangeType::RemoveNode,
+            ty == ConfChangeType::AddLearnerNode,
+            &cc.context,
+        )
+        .unwrap_or_else(|e| {
+            fatal(format!(
+                "raft entry {index}: conf change carries no member record: {e}"
+            ))
+        });
         let applied = match self.mvcc.apply(index, &cmd) {
             Ok(a) => a,
             Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),

@@ -24,4 +24,4 @@ pub mod watch;
 
 pub use backend::{Backend, BackendError, Batch, MemBackend, MemSnapshot, ReadView, Table};
 pub use error::MvccError;
-pub use store::{Applied, LeaseInfo, Mvcc, Response, RestoreError};
+pub use store::{Applied, LeaseInfo, Mvcc, Response, RestoreError, conf_change_command};

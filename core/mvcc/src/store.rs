@@ -1604,6 +1604,30 @@ impl<B: Backend> Mvcc<B> {
     }
 }
 
+/// What a raft membership change records in the store: the member's record
+/// (carried in the conf change's context; `id` and `is_learner` from the
+/// change itself) or its removal. One function for the agent's applier and
+/// the simulator's, so both apply membership the same way.
+pub fn conf_change_command(
+    node_id: u64,
+    remove: bool,
+    learner: bool,
+    context: &[u8],
+) -> Result<Command, prost::DecodeError> {
+    let op = if remove {
+        Op::MemberRemove(node_id)
+    } else {
+        let mut m = Member::decode(context)?;
+        m.id = node_id;
+        m.is_learner = learner;
+        Op::MemberSet(m)
+    };
+    Ok(Command {
+        op: Some(op),
+        ..Default::default()
+    })
+}
+
 /// HashKV over the `Kv` table's records in key order: the versions a read
 /// at or below `at` can see once compacted at `compact`. Shared by
 /// [`Mvcc::hash_kv`] and the snapshot tools, which hash a snapshot file's

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use cairn_mvcc::Mvcc;
-use cairn_proto::cairnpb::{Command, Member, command::Op};
+use cairn_proto::cairnpb::Command;
 use cairn_raft::{ConfChange, ConfChangeType, ConfState, Snapshot, StateMachine};
 use prost::Message as _;
 
@@ -136,21 +136,16 @@ impl StateMachine for Machine {
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, _cs: &ConfState) -> Output {
         let before = self.mvcc.applied_index();
-        let op = match cc.get_change_type() {
-            ConfChangeType::RemoveNode => Op::MemberRemove(cc.node_id),
-            ty => {
-                let mut m = Member::decode(&cc.context[..]).unwrap_or_else(|e| {
-                    self.fatal(format!("entry {index}: conf change without a member: {e}"))
-                });
-                m.id = cc.node_id;
-                m.is_learner = ty == ConfChangeType::AddLearnerNode;
-                Op::MemberSet(m)
-            }
-        };
-        let cmd = Command {
-            op: Some(op),
-            ..Default::default()
-        };
+        let ty = cc.get_change_type();
+        let cmd = cairn_mvcc::conf_change_command(
+            cc.node_id,
+            ty == ConfChangeType::RemoveNode,
+            ty == ConfChangeType::AddLearnerNode,
+            &cc.context,
+        )
+        .unwrap_or_else(|e| {
+            self.fatal(format!("entry {index}: conf change without a member: {e}"))
+        });
         let applied = match self.mvcc.apply(index, &cmd) {
             Ok(a) => a,
             Err(e) => self.fatal(format!("applying entry {index}: {e}")),
