@@ -22,6 +22,7 @@ pub mod history;
 pub mod invariants;
 pub mod machine;
 pub mod sim;
+pub mod watchers;
 pub mod workload;
 
 pub use sim::{Config, Failure, Report, run};

@@ -17,7 +17,9 @@ use tokio::sync::oneshot::error::TryRecvError;
 use crate::disk::{self, Disk, Journal, SimLog};
 use crate::invariants::{ApplyOrder, Committed, ElectionSafety, Revisions, StateHash};
 use crate::machine::{self, Machine, Observer, Output};
+use crate::watchers::Watcher;
 use crate::workload::{self, Outcome, Record, Req};
+use cairn_check::watch::WatchRange;
 
 /// Milliseconds between raft ticks (etcd's `--heartbeat-interval`).
 const TICK_MS: u64 = 10;
@@ -81,6 +83,7 @@ pub struct Report {
     pub snapshots_sent: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub answers_checked: usize,
+    pub watch_events_checked: usize,
     pub history_states: u64,
 }
 
@@ -126,6 +129,9 @@ struct Slot {
     phase: u64,
     /// Was seen in the leader's configuration.
     joined: bool,
+    /// A new member not in the configuration by then was never added (its
+    /// addition was lost with a leader change): it is dropped.
+    join_by: u64,
 }
 
 enum Pending {
@@ -158,6 +164,7 @@ struct Sim {
     /// Directed links cut: (from, to) until the given time.
     cut: BTreeMap<(u64, u64), u64>,
     clients: Vec<Client>,
+    watchers: Vec<Watcher>,
     history: Vec<Record>,
     /// Last mod revision each key was seen with (for CAS requests).
     last_mod: BTreeMap<String, i64>,
@@ -245,6 +252,7 @@ impl Sim {
                 removed: false,
                 phase: rng.random_range(0..TICK_MS),
                 joined: true,
+                join_by: 0,
             })
             .collect();
         let clients = (0..cfg.clients)
@@ -267,6 +275,7 @@ impl Sim {
             seq: 0,
             cut: BTreeMap::new(),
             clients,
+            watchers: Vec::new(),
             history: Vec::new(),
             last_mod: BTreeMap::new(),
             observer: Arc::default(),
@@ -287,7 +296,35 @@ impl Sim {
 
     fn run_all(&mut self) -> Result<(), String> {
         self.next_fault = self.fault_gap();
+        // Watchers from the first revision: the whole key space with
+        // prev_kv, and one key without. A third joins mid-run.
+        let n = self.cfg.nodes as u64;
+        let (a, b) = (self.rng.random_range(1..=n), self.rng.random_range(1..=n));
+        self.watchers
+            .push(Watcher::new(a, WatchRange::Prefix(b"k".to_vec()), 1, true));
+        self.watchers
+            .push(Watcher::new(b, WatchRange::Key(b"k0".to_vec()), 1, false));
+        let third_at = self.rng.random_range(0..self.cfg.duration_ms.max(1));
         while self.now < self.cfg.duration_ms {
+            if self.now == third_at
+                && let Some(s) = self.slots.iter().find(|s| s.node.is_some())
+            {
+                // From a few revisions back, as a client resuming does.
+                let current = s
+                    .node
+                    .as_ref()
+                    .expect("running")
+                    .state_machine()
+                    .mvcc
+                    .current_revision();
+                let start = (current - self.rng.random_range(0..10)).max(1);
+                self.watchers.push(Watcher::new(
+                    s.id,
+                    WatchRange::Prefix(b"k".to_vec()),
+                    start,
+                    true,
+                ));
+            }
             if self.cfg.fault_every_ms > 0 && self.now >= self.next_fault {
                 self.fault()?;
                 self.next_fault = self.now + self.fault_gap();
@@ -611,6 +648,29 @@ impl Sim {
         self.membership_step()?;
         self.check()?;
         self.poll_clients()?;
+        self.poll_watchers()?;
+        Ok(())
+    }
+
+    fn poll_watchers(&mut self) -> Result<(), String> {
+        let running = self.live_ids();
+        for w in 0..self.watchers.len() {
+            let node = self.watchers[w].node;
+            match self
+                .slots
+                .iter()
+                .find(|s| s.id == node)
+                .and_then(|s| s.node.as_ref())
+            {
+                Some(n) => self.watchers[w].poll(&n.state_machine().mvcc)?,
+                // Its node is gone: the client library reconnects elsewhere
+                // and resumes after the last revision it received.
+                None if !running.is_empty() => {
+                    self.watchers[w].node = running[self.rng.random_range(0..running.len())];
+                }
+                None => {}
+            }
+        }
         Ok(())
     }
 
@@ -684,6 +744,7 @@ impl Sim {
                 removed: false,
                 phase: self.rng.random_range(0..TICK_MS),
                 joined: false,
+                join_by: self.now + 5_000,
             });
             self.pending_add = None;
             self.count("learner added");
@@ -694,7 +755,7 @@ impl Sim {
             }
             if in_conf(s.id) {
                 s.joined = true;
-            } else if s.joined {
+            } else if s.joined || self.now > s.join_by {
                 // The operator stops a removed member's agent.
                 s.removed = true;
                 s.node = None;
@@ -959,6 +1020,10 @@ impl Sim {
         if let Some(n) = self.slots.iter().find_map(|s| s.node.as_ref()) {
             self.report.answers_checked =
                 crate::invariants::answers::check(&self.history, &n.state_machine().mvcc)?;
+        }
+        if let Some(n) = self.slots.iter().find_map(|s| s.node.as_ref()) {
+            self.report.watch_events_checked =
+                crate::watchers::check(&self.watchers, &n.state_machine().mvcc)?;
         }
         self.report.history_states = crate::history::check(&self.history)?;
         Ok(())
