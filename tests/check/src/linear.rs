@@ -74,7 +74,7 @@ mod model;
 mod revision;
 mod search;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use history::show;
@@ -212,12 +212,13 @@ pub fn check_with(h: &History, config: &Config) -> Result<Report, Violation> {
             }
             Found::Violation {
                 states,
-                prefix,
+                prefix_len,
+                prefix_tail,
                 state,
                 stuck,
             } => {
                 report.states += states;
-                failures.push(part.violation(entries, &prefix, &state, &stuck));
+                failures.push(part.violation(entries, prefix_len, &prefix_tail, &state, &stuck));
             }
         }
     }
@@ -276,6 +277,7 @@ fn partition(h: &History, config: &Config) -> Vec<Part> {
             copied.insert(*l, keys.clone());
         }
     }
+    let known: HashSet<Revision> = h.entries().iter().filter_map(revision::written).collect();
     let mut by_root: BTreeMap<usize, Part> = BTreeMap::new();
     for e in h.entries().iter().filter(relevant) {
         let roots: Vec<usize> = match (e.op.key(), e.op.lease()) {
@@ -293,7 +295,7 @@ fn partition(h: &History, config: &Config) -> Vec<Part> {
         };
         for r in roots {
             let part = by_root.entry(r).or_default();
-            let op = part.intern(e);
+            let op = part.intern(e, &known);
             part.ops.push(op);
         }
     }
@@ -378,7 +380,7 @@ impl Part {
         i
     }
 
-    fn intern(&mut self, e: &Entry) -> PartOp {
+    fn intern(&mut self, e: &Entry, known: &HashSet<Revision>) -> PartOp {
         let ret = e.ret();
         let kind = match &e.op {
             Op::Put { key, value, lease } => Kind::Put {
@@ -417,7 +419,10 @@ impl Part {
             } => Kind::Cas {
                 key: self.key(key),
                 compare: match compare {
-                    Compare::ModRevision(r) => Cmp::ModRevision(*r),
+                    Compare::ModRevision(r) => Cmp::ModRevision {
+                        r: *r,
+                        unknown_may_match: !known.contains(r),
+                    },
                     Compare::Value(v) => Cmp::Value(self.value(v)),
                 },
                 value: self.value(value),
@@ -521,25 +526,24 @@ impl Part {
     fn violation(
         &self,
         entries: &[Entry],
-        prefix: &[usize],
+        prefix_len: usize,
+        prefix_tail: &[usize],
         state: &State,
         stuck: &[(usize, &'static str)],
     ) -> Violation {
-        const TAIL: usize = 8;
         let mut d = String::new();
-        let skip = prefix.len().saturating_sub(TAIL);
         d.push_str(&format!(
             "longest linearizable prefix: {} of {} ops{}\n",
-            prefix.len(),
+            prefix_len,
             self.ops.len(),
-            if skip > 0 {
-                format!(" (last {TAIL} shown)")
+            if prefix_len > prefix_tail.len() {
+                format!(" (last {} shown)", prefix_tail.len())
             } else {
                 String::new()
             }
         ));
         let mut ops = Vec::new();
-        for &i in &prefix[skip..] {
+        for &i in prefix_tail {
             let e = &entries[self.ops[i].entry];
             d.push_str(&format!("    {e}\n"));
             ops.push(e.clone());

@@ -315,3 +315,63 @@ fn random_histories_pass_and_mutants_fail() {
     }
     println!("{runs} histories of {} ops: {states} states", shape.ops);
 }
+
+/// Hot keys, wide windows and many unknown outcomes: what the search's
+/// pruning rules must never turn into a false violation.
+#[test]
+fn random_hot_histories_with_many_unknowns_pass() {
+    let base = base_seed();
+    let shapes = [
+        Shape {
+            ops: 150,
+            keys: 1,
+            window: 40,
+            unknown_percent: 15,
+        },
+        Shape {
+            ops: 200,
+            keys: 2,
+            window: 60,
+            unknown_percent: 10,
+        },
+        Shape {
+            ops: 300,
+            keys: 3,
+            window: 30,
+            unknown_percent: 25,
+        },
+    ];
+    for (n, shape) in shapes.iter().enumerate() {
+        for seed in base..base + 60 {
+            let recs = generate(seed, shape);
+            if let Err(v) = check(&history(&recs)) {
+                panic!(
+                    "shape {n}, seed {seed} (CAIRN_CHECK_SEED={seed}): a valid history failed:\n{v}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "debug"]
+fn one_seed_debug() {
+    let shape = Shape {
+        ops: 300,
+        keys: 3,
+        window: 30,
+        unknown_percent: 25,
+    };
+    let recs = generate(13242976, &shape);
+    let r = cairn_check::check_with(
+        &history(&recs),
+        &cairn_check::Config {
+            states_max: 300_000,
+            ..Default::default()
+        },
+    );
+    match r {
+        Ok(r) => println!("RESULT ok {r:?}"),
+        Err(v) => println!("RESULT err {:?} {}", v.kind, v.partition),
+    }
+}
