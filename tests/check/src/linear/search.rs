@@ -150,7 +150,7 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
                         ix.frame(&done, next, Some(i), (top.first_due, top.first_required))
                     } else {
                         // The required ops and so the deadline are unchanged:
-                        // the same candidates, less those that cannot follow.
+                        // the same candidates.
                         Frame {
                             state: next,
                             chosen: Some(i),
@@ -158,7 +158,7 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
                                 .candidates
                                 .iter()
                                 .copied()
-                                .filter(|&x| x != i && ix.uses(i, x))
+                                .filter(|&x| x != i)
                                 .collect(),
                             next: 0,
                             rejected: Vec::new(),
@@ -248,34 +248,6 @@ fn undoes(g: &State, x: &PartOp, next: &State) -> bool {
 // === impl Index ===
 
 impl Index<'_> {
-    /// Whether `x` may directly follow the unknown op `u`.
-    ///
-    /// Any linearization can be rearranged so that each unknown key op comes
-    /// right before the first op its effect matters to — an op on the same
-    /// key, or a revoke or expiry (which may delete that key) — or before
-    /// another unknown op waiting for the same op: moving an unknown op later
-    /// is always allowed in real time (it has no deadline), ops that neither
-    /// touch its key nor revoke a lease do not see its effect, and it
-    /// returned no revision, so the floor is the same either way. Unknown
-    /// ops on different keys commute, so only one order of them (by index)
-    /// is tried. The search explores only such arrangements.
-    fn uses(&self, u: usize, x: usize) -> bool {
-        let Some(k) = self.ops[u].kind.key() else {
-            return true;
-        };
-        let other_key = self.ops[x].kind.key().is_some_and(|xk| xk != k);
-        if !self.ops[x].required && other_key {
-            // Several unknown ops may wait for the same op; on different
-            // keys they commute, so one order (by index) is enough.
-            return x > u;
-        }
-        match self.ops[x].kind {
-            Kind::Revoke { .. } => true,
-            Kind::Grant { .. } => false,
-            ref other => other.key() == Some(k),
-        }
-    }
-
     fn mark(&self, done: &mut Bits, used: &mut Bits, i: usize, on: bool) {
         done.put(i, on);
         if !self.ops[i].required {
