@@ -318,18 +318,3 @@ impl KeyState {
         lease: None,
     };
 }
-
-// === impl Kind ===
-
-impl Kind {
-    /// The key this op reads or writes, if any.
-    pub fn key(&self) -> Option<usize> {
-        match *self {
-            Kind::Put { key, .. }
-            | Kind::Get { key, .. }
-            | Kind::Delete { key, .. }
-            | Kind::Cas { key, .. } => Some(key),
-            Kind::Grant { .. } | Kind::Revoke { .. } => None,
-        }
-    }
-}

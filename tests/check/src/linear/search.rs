@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::history::Revision;
-use super::model::{Kind, PartOp, Reject, State};
+use super::model::{PartOp, Reject, State};
 
 /// How many ops of the longest linearizable prefix a violation shows.
 pub(crate) const TAIL: usize = 8;
@@ -76,6 +76,10 @@ struct Index<'a> {
 /// revision floor.
 type MemoKey = (usize, Vec<u64>, State);
 
+/// The deepest dead end so far: required ops linearized, prefix length, the
+/// prefix's tail, the state and the candidates rejected there.
+type DeadEnd = (usize, usize, Vec<usize>, State, Vec<(usize, Reject)>);
+
 /// What the memo keeps per key: the revision floor and the unknown ops used.
 type Seen = Vec<(Revision, Bits)>;
 
@@ -121,7 +125,7 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
     let mut used = Bits::new(ix.unknowns);
     let mut memo: HashMap<MemoKey, Seen> = HashMap::new();
     let mut states: u64 = 0;
-    let mut best: Option<(usize, usize, Vec<usize>, State, Vec<(usize, Reject)>)> = None;
+    let mut best: Option<DeadEnd> = None;
     let mut depth_required = 0usize;
 
     let root = ix.frame(&done, init, None, (0, 0));
