@@ -38,7 +38,17 @@
 //! - **Leases** tie keys together (a revoke deletes several). Keys ever put
 //!   with a lease are in the same partition as that lease and its grant,
 //!   revoke and expiry ops (union-find), so a partition's model holds
-//!   everything a revoke touches.
+//!   everything a revoke touches — while that partition has at most
+//!   [`Config::lease_group_keys_max`] keys. Past that (a lease shared by many
+//!   keys would merge them all into one slow partition), the lease's ops are
+//!   *copied* into the partition of each of its keys, whose model then sees
+//!   the revoke delete just that key. Still sound: projecting a global
+//!   linearization onto such a partition gives a valid sequence for it (the
+//!   revoke deletes the key there exactly when it did globally, and a revoke
+//!   that deleted something elsewhere only raised the revision, which the
+//!   partition's floor tolerates). What is lost is that the copies must sit
+//!   at one point: the atomicity of a revoke across keys is then only
+//!   checked through revisions.
 //! - **The global revision**. Each partition's model keeps a *floor*: the
 //!   largest revision the global counter is known to have reached at that
 //!   point. Projecting a global linearization onto a partition keeps every
@@ -52,8 +62,20 @@
 //!   `rev(a) <= rev(b)`, strictly if `b` wrote); a read's mod revision is
 //!   not another key's write revision.
 //!
+//! Lease expiry: the checker never expires a lease by itself (letting any
+//! lease vanish at any time would excuse every lost leased key). The feeder
+//! records an [`Op::LeaseExpire`]: `Ok(Ret::Done)` when it saw the lease
+//! gone within a window, or `Unknown`, invoked at the earliest moment the
+//! lease could have expired, to allow an expiry at any later point.
+//!
+//! Unknown ops return no revision, so the model gives an unknown write's
+//! mod revision as "unknown" (fixed by the first read that shows it) and
+//! does not raise the floor for it.
+//!
 //! A partition whose search exceeds [`Config::states_max`] is reported as a
-//! [`ViolationKind::Inconclusive`] error, never as a pass.
+//! [`ViolationKind::Inconclusive`] error, never as a pass. The search's
+//! memo and pruning are described in `linear/search.rs`; each rule only
+//! skips configurations dominated by one already or still being explored.
 //!
 //! # Not checked
 //!
@@ -68,6 +90,10 @@
 //! - Lease TTLs: expiry happens only where a [`Op::LeaseExpire`] says.
 //! - Serializable reads: feed only linearizable reads.
 //! - create_revision and version are not modelled.
+//! - Multi-key txns: the compare-and-swap here is on one key.
+//! - Cost: the search is exponential in the worst case. Many unknown writes
+//!   on a few hot keys (hundreds in one partition) can exhaust the budget;
+//!   the result is then `Inconclusive`, not a pass.
 
 mod history;
 mod model;

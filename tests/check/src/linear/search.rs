@@ -7,6 +7,16 @@
 //! deadline follows it in real time. Unknown ops have no deadline, so they
 //! never constrain others and may be linearized at any later point or not at
 //! all; the search succeeds once every required op is linearized.
+//!
+//! Pruning, each rule skipping only configurations dominated by one that is
+//! explored anyway (see [`search`] and `undoes`):
+//! - the memo (Lowe 2017) with dominance: same required ops and state, a
+//!   floor no higher and a subset of the unknown ops used;
+//! - an unknown op followed by an op that undoes or overwrites its effect;
+//! - an unknown op after which nothing can usefully go next.
+//!
+//! Required ops are tried before unknown ones, so a valid history with few
+//! unknown outcomes is found almost without backtracking.
 
 use std::collections::HashMap;
 
