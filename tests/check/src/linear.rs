@@ -38,7 +38,17 @@
 //! - **Leases** tie keys together (a revoke deletes several). Keys ever put
 //!   with a lease are in the same partition as that lease and its grant,
 //!   revoke and expiry ops (union-find), so a partition's model holds
-//!   everything a revoke touches.
+//!   everything a revoke touches — while that partition has at most
+//!   [`Config::lease_group_keys_max`] keys. Past that (a lease shared by many
+//!   keys would merge them all into one slow partition), the lease's ops are
+//!   *copied* into the partition of each of its keys, whose model then sees
+//!   the revoke delete just that key. Still sound: projecting a global
+//!   linearization onto such a partition gives a valid sequence for it (the
+//!   revoke deletes the key there exactly when it did globally, and a revoke
+//!   that deleted something elsewhere only raised the revision, which the
+//!   partition's floor tolerates). What is lost is that the copies must sit
+//!   at one point: the atomicity of a revoke across keys is then only
+//!   checked through revisions.
 //! - **The global revision**. Each partition's model keeps a *floor*: the
 //!   largest revision the global counter is known to have reached at that
 //!   point. Projecting a global linearization onto a partition keeps every
@@ -52,8 +62,20 @@
 //!   `rev(a) <= rev(b)`, strictly if `b` wrote); a read's mod revision is
 //!   not another key's write revision.
 //!
+//! Lease expiry: the checker never expires a lease by itself (letting any
+//! lease vanish at any time would excuse every lost leased key). The feeder
+//! records an [`Op::LeaseExpire`]: `Ok(Ret::Done)` when it saw the lease
+//! gone within a window, or `Unknown`, invoked at the earliest moment the
+//! lease could have expired, to allow an expiry at any later point.
+//!
+//! Unknown ops return no revision, so the model gives an unknown write's
+//! mod revision as "unknown" (fixed by the first read that shows it) and
+//! does not raise the floor for it.
+//!
 //! A partition whose search exceeds [`Config::states_max`] is reported as a
-//! [`ViolationKind::Inconclusive`] error, never as a pass.
+//! [`ViolationKind::Inconclusive`] error, never as a pass. The search's
+//! memo and pruning are described in `linear/search.rs`; each rule only
+//! skips configurations dominated by one already or still being explored.
 //!
 //! # Not checked
 //!
@@ -68,13 +90,17 @@
 //! - Lease TTLs: expiry happens only where a [`Op::LeaseExpire`] says.
 //! - Serializable reads: feed only linearizable reads.
 //! - create_revision and version are not modelled.
+//! - Multi-key txns: the compare-and-swap here is on one key.
+//! - Cost: the search is exponential in the worst case. Many unknown writes
+//!   on a few hot keys (hundreds in one partition) can exhaust the budget;
+//!   the result is then `Inconclusive`, not a pass.
 
 mod history;
 mod model;
 mod revision;
 mod search;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use history::show;
@@ -212,12 +238,13 @@ pub fn check_with(h: &History, config: &Config) -> Result<Report, Violation> {
             }
             Found::Violation {
                 states,
-                prefix,
+                prefix_len,
+                prefix_tail,
                 state,
                 stuck,
             } => {
                 report.states += states;
-                failures.push(part.violation(entries, &prefix, &state, &stuck));
+                failures.push(part.violation(entries, prefix_len, &prefix_tail, &state, &stuck));
             }
         }
     }
@@ -276,6 +303,7 @@ fn partition(h: &History, config: &Config) -> Vec<Part> {
             copied.insert(*l, keys.clone());
         }
     }
+    let known: HashSet<Revision> = h.entries().iter().filter_map(revision::written).collect();
     let mut by_root: BTreeMap<usize, Part> = BTreeMap::new();
     for e in h.entries().iter().filter(relevant) {
         let roots: Vec<usize> = match (e.op.key(), e.op.lease()) {
@@ -293,7 +321,7 @@ fn partition(h: &History, config: &Config) -> Vec<Part> {
         };
         for r in roots {
             let part = by_root.entry(r).or_default();
-            let op = part.intern(e);
+            let op = part.intern(e, &known);
             part.ops.push(op);
         }
     }
@@ -378,7 +406,7 @@ impl Part {
         i
     }
 
-    fn intern(&mut self, e: &Entry) -> PartOp {
+    fn intern(&mut self, e: &Entry, known: &HashSet<Revision>) -> PartOp {
         let ret = e.ret();
         let kind = match &e.op {
             Op::Put { key, value, lease } => Kind::Put {
@@ -417,7 +445,10 @@ impl Part {
             } => Kind::Cas {
                 key: self.key(key),
                 compare: match compare {
-                    Compare::ModRevision(r) => Cmp::ModRevision(*r),
+                    Compare::ModRevision(r) => Cmp::ModRevision {
+                        r: *r,
+                        unknown_may_match: !known.contains(r),
+                    },
                     Compare::Value(v) => Cmp::Value(self.value(v)),
                 },
                 value: self.value(value),
@@ -521,25 +552,24 @@ impl Part {
     fn violation(
         &self,
         entries: &[Entry],
-        prefix: &[usize],
+        prefix_len: usize,
+        prefix_tail: &[usize],
         state: &State,
         stuck: &[(usize, &'static str)],
     ) -> Violation {
-        const TAIL: usize = 8;
         let mut d = String::new();
-        let skip = prefix.len().saturating_sub(TAIL);
         d.push_str(&format!(
             "longest linearizable prefix: {} of {} ops{}\n",
-            prefix.len(),
+            prefix_len,
             self.ops.len(),
-            if skip > 0 {
-                format!(" (last {TAIL} shown)")
+            if prefix_len > prefix_tail.len() {
+                format!(" (last {} shown)", prefix_tail.len())
             } else {
                 String::new()
             }
         ));
         let mut ops = Vec::new();
-        for &i in &prefix[skip..] {
+        for &i in prefix_tail {
             let e = &entries[self.ops[i].entry];
             d.push_str(&format!("    {e}\n"));
             ops.push(e.clone());

@@ -58,7 +58,13 @@ pub(crate) enum Kind {
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Cmp {
-    ModRevision(Revision),
+    /// `mod_revision == r`; `unknown_may_match` unless `r` is the revision of
+    /// a write whose revision is known (then a write with an unknown
+    /// revision cannot have it).
+    ModRevision {
+        r: Revision,
+        unknown_may_match: bool,
+    },
     Value(u32),
 }
 
@@ -75,7 +81,11 @@ pub(crate) struct CasRet {
 pub(crate) struct State {
     pub keys: Vec<KeyState>,
     pub alive: Vec<bool>,
-    /// The largest revision the global counter is known to have reached.
+    /// A revision the global counter is known to have reached: the last
+    /// revision returned by an op linearized. Writes without a returned
+    /// revision (unknown outcome, expiry) leave it alone — a weaker bound,
+    /// still sound, and it lets the search move an unknown write later
+    /// without changing any revision check (see `search.rs`).
     pub floor: Revision,
 }
 
@@ -121,10 +131,7 @@ impl State {
                 let exists = s.keys[key].value.is_some();
                 match ret {
                     None if !exists => return Err("a delete of an absent key changes nothing"),
-                    None => {
-                        s.keys[key] = KeyState::ABSENT;
-                        s.floor += 1;
-                    }
+                    None => s.keys[key] = KeyState::ABSENT,
                     Some((deleted, revision)) => {
                         if deleted != u64::from(exists) {
                             return Err(if exists {
@@ -194,7 +201,6 @@ impl State {
                 match revision {
                     Some(r) if deleted => s.bump(r)?,
                     Some(r) => s.observe(r)?,
-                    None if deleted => s.floor += 1,
                     None => {}
                 }
             }
@@ -219,10 +225,7 @@ impl State {
                 self.bump(r)?;
                 r
             }
-            None => {
-                self.floor += 1;
-                UNKNOWN_REVISION
-            }
+            None => UNKNOWN_REVISION,
         };
         self.keys[key] = KeyState {
             value: Some(value),
@@ -270,10 +273,16 @@ impl State {
         let k = &self.keys[key];
         match compare {
             Cmp::Value(v) => truth(k.value == Some(v)),
-            Cmp::ModRevision(_) if k.value.is_some() && k.mod_revision == UNKNOWN_REVISION => {
-                Truth::Maybe
+            Cmp::ModRevision {
+                unknown_may_match, ..
+            } if k.value.is_some() && k.mod_revision == UNKNOWN_REVISION => {
+                if unknown_may_match {
+                    Truth::Maybe
+                } else {
+                    Truth::No
+                }
             }
-            Cmp::ModRevision(r) => truth(k.mod_revision == r),
+            Cmp::ModRevision { r, .. } => truth(k.mod_revision == r),
         }
     }
 

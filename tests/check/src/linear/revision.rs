@@ -16,7 +16,7 @@ use super::{Violation, ViolationKind};
 
 /// The revision a write of `e` produced, if `e` is a write that completed Ok
 /// and changed the store.
-fn written(e: &Entry) -> Option<Revision> {
+pub(crate) fn written(e: &Entry) -> Option<Revision> {
     match e.ret()? {
         Ret::Put { revision } => Some(*revision),
         Ret::Delete { deleted, revision } if *deleted > 0 => Some(*revision),

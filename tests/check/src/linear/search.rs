@@ -7,23 +7,38 @@
 //! deadline follows it in real time. Unknown ops have no deadline, so they
 //! never constrain others and may be linearized at any later point or not at
 //! all; the search succeeds once every required op is linearized.
+//!
+//! Pruning, each rule skipping only configurations dominated by one that is
+//! explored anyway (see [`search`] and `undoes`):
+//! - the memo (Lowe 2017) with dominance: same required ops and state, a
+//!   floor no higher and a subset of the unknown ops used;
+//! - an unknown op followed by an op that undoes or overwrites its effect;
+//! - an unknown op after which nothing can usefully go next.
+//!
+//! Required ops are tried before unknown ones, so a valid history with few
+//! unknown outcomes is found almost without backtracking.
 
 use std::collections::HashMap;
 
 use super::history::Revision;
-use super::model::{Kind, PartOp, Reject, State};
+use super::model::{PartOp, Reject, State};
+
+/// How many ops of the longest linearizable prefix a violation shows.
+pub(crate) const TAIL: usize = 8;
 
 /// What the search found.
 pub(crate) enum Found {
     Linearizable {
         states: u64,
     },
-    /// No order works. `prefix` is the longest linearizable prefix found (op
-    /// indices, in order), `state` the model state after it and `stuck` the
-    /// ops that could have gone next with why each could not.
+    /// No order works. The longest linearizable prefix found has
+    /// `prefix_len` ops, the last of which are `prefix_tail` (op indices, in
+    /// order); `state` is the model state after it and `stuck` the ops that
+    /// could have gone next with why each could not.
     Violation {
         states: u64,
-        prefix: Vec<usize>,
+        prefix_len: usize,
+        prefix_tail: Vec<usize>,
         state: State,
         stuck: Vec<(usize, Reject)>,
     },
@@ -40,8 +55,6 @@ struct Frame {
     candidates: Vec<usize>,
     next: usize,
     rejected: Vec<(usize, Reject)>,
-    /// Every op before this index, in invocation order, is linearized.
-    first_open: usize,
     /// Every required op before this index, in deadline order, is linearized.
     first_due: usize,
     /// Every required op before this index, in invocation order, is linearized.
@@ -59,6 +72,8 @@ struct Index<'a> {
     by_deadline: Vec<usize>,
     /// Required ops in invocation order.
     required: Vec<usize>,
+    /// Unknown ops in invocation order.
+    unknown: Vec<usize>,
     /// Each unknown op's bit in the set of unknown ops used.
     unknown_bit: Vec<usize>,
     unknowns: usize,
@@ -70,6 +85,10 @@ struct Index<'a> {
 /// is about as wide as the concurrency — and the model state without its
 /// revision floor.
 type MemoKey = (usize, Vec<u64>, State);
+
+/// The deepest dead end so far: required ops linearized, prefix length, the
+/// prefix's tail, the state and the candidates rejected there.
+type DeadEnd = (usize, usize, Vec<usize>, State, Vec<(usize, Reject)>);
 
 /// What the memo keeps per key: the revision floor and the unknown ops used.
 type Seen = Vec<(Revision, Bits)>;
@@ -106,6 +125,7 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
         ops,
         by_deadline,
         required,
+        unknown: (0..ops.len()).filter(|&i| !ops[i].required).collect(),
         unknown_bit,
         unknowns,
     };
@@ -115,10 +135,10 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
     let mut used = Bits::new(ix.unknowns);
     let mut memo: HashMap<MemoKey, Seen> = HashMap::new();
     let mut states: u64 = 0;
-    let mut best: Option<(usize, Vec<usize>, State, Vec<(usize, Reject)>)> = None;
+    let mut best: Option<DeadEnd> = None;
     let mut depth_required = 0usize;
 
-    let root = ix.frame(&done, init, None, (0, 0, 0));
+    let root = ix.frame(&done, init, None, (0, 0));
     let mut stack = vec![root];
     loop {
         if required_left == 0 {
@@ -135,13 +155,46 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
                 Ok(next) => {
                     if let (Some(u), Some(g)) = (top.chosen, below.last())
                         && !ops[u].required
-                        && undoes(&g.state, &ops[i].kind, &next)
+                        && undoes(&g.state, &ops[i], &next)
                     {
                         continue;
                     }
                     ix.mark(&mut done, &mut used, i, true);
-                    let starts = (top.first_open, top.first_due, top.first_required);
-                    let child = ix.frame(&done, next, Some(i), starts);
+                    let child = if ops[i].required {
+                        ix.frame(&done, next, Some(i), (top.first_due, top.first_required))
+                    } else {
+                        // The required ops and so the deadline are unchanged:
+                        // the same candidates.
+                        Frame {
+                            state: next,
+                            chosen: Some(i),
+                            candidates: top
+                                .candidates
+                                .iter()
+                                .copied()
+                                .filter(|&x| x != i)
+                                .collect(),
+                            next: 0,
+                            rejected: Vec::new(),
+                            first_due: top.first_due,
+                            first_required: top.first_required,
+                            due: top.due,
+                        }
+                    };
+                    if !ops[i].required {
+                        // Only if something can follow: an unknown op that
+                        // leads nowhere costs no state.
+                        let useful = child.candidates.iter().any(|&x| {
+                            child
+                                .state
+                                .step(&ops[x].kind)
+                                .is_ok_and(|s| !undoes(&top.state, &ops[x], &s))
+                        });
+                        if !useful {
+                            ix.mark(&mut done, &mut used, i, false);
+                            continue;
+                        }
+                    }
                     let floor = child.state.floor;
                     let seen = memo.entry(ix.key(&done, &child)).or_default();
                     if seen.iter().any(|(f, u)| *f <= floor && u.subset_of(&used)) {
@@ -165,18 +218,24 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
         // Every candidate tried: remember the deepest dead end, then backtrack.
         let top = stack.pop().expect("non-empty");
         if best.as_ref().is_none_or(|b| depth_required > b.0) {
-            let prefix = stack
+            // Only a tail: copying whole prefixes would be quadratic.
+            let mut tail: Vec<usize> = stack
                 .iter()
+                .rev()
                 .filter_map(|f| f.chosen)
-                .chain(top.chosen)
+                .take(TAIL - usize::from(top.chosen.is_some()))
                 .collect();
-            best = Some((depth_required, prefix, top.state.clone(), top.rejected));
+            tail.reverse();
+            tail.extend(top.chosen);
+            let len = stack.len().saturating_sub(1) + usize::from(top.chosen.is_some());
+            best = Some((depth_required, len, tail, top.state.clone(), top.rejected));
         }
         let Some(i) = top.chosen else {
-            let (_, prefix, state, stuck) = best.expect("set just above");
+            let (_, prefix_len, prefix_tail, state, stuck) = best.expect("set just above");
             return Found::Violation {
                 states,
-                prefix,
+                prefix_len,
+                prefix_tail,
                 state,
                 stuck,
             };
@@ -193,10 +252,11 @@ pub(crate) fn search(ops: &[PartOp], init: State, budget: u64) -> Found {
 /// dominated by `g` itself or by `g` then `x` alone: `x` undid or
 /// overwrote everything the unknown op did. Both are configurations with
 /// the same required ops and fewer unknown ops used, explored from `g`.
-fn undoes(g: &State, x: &Kind, next: &State) -> bool {
+fn undoes(g: &State, x: &PartOp, next: &State) -> bool {
     let dominated_by =
         |s: &State| s.floor <= next.floor && s.keys == next.keys && s.alive == next.alive;
-    dominated_by(g) || g.step(x).is_ok_and(|s| dominated_by(&s))
+    // `g` itself has the same required ops only if `x` is not required.
+    (!x.required && dominated_by(g)) || g.step(&x.kind).is_ok_and(|s| dominated_by(&s))
 }
 
 // === impl Index ===
@@ -214,12 +274,9 @@ impl Index<'_> {
         done: &Bits,
         state: State,
         chosen: Option<usize>,
-        (mut first_open, mut first_due, mut first_required): (usize, usize, usize),
+        (mut first_due, mut first_required): (usize, usize),
     ) -> Frame {
         let ops = self.ops;
-        while first_open < ops.len() && done.get(first_open) {
-            first_open += 1;
-        }
         while first_due < self.by_deadline.len() && done.get(self.by_deadline[first_due]) {
             first_due += 1;
         }
@@ -230,30 +287,22 @@ impl Index<'_> {
             .by_deadline
             .get(first_due)
             .map_or(u64::MAX, |&i| ops[i].deadline);
-        let mut required = Vec::new();
-        let mut optional = Vec::new();
-        for (i, op) in ops.iter().enumerate().skip(first_open) {
-            if op.invoke > due {
-                break;
-            }
-            if done.get(i) {
-                continue;
-            }
-            if op.required {
-                required.push(i);
-            } else {
-                optional.push(i);
-            }
-        }
         // Ops that must happen are tried before ops that may.
-        required.extend(optional);
+        let open = |&&i: &&usize| !done.get(i);
+        let due_by = |&&i: &&usize| ops[i].invoke <= due;
+        let required: Vec<usize> = self.required[first_required..]
+            .iter()
+            .take_while(due_by)
+            .chain(self.unknown.iter().take_while(due_by))
+            .filter(open)
+            .copied()
+            .collect();
         Frame {
             state,
             chosen,
             candidates: required,
             next: 0,
             rejected: Vec::new(),
-            first_open,
             first_due,
             first_required,
             due,

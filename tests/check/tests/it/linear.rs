@@ -373,18 +373,28 @@ fn put_on_a_revoked_lease() {
 
 #[test]
 fn budget_exhausted_is_inconclusive_not_a_pass() {
-    // Many concurrent writes with unknown outcomes and a read that none of
-    // them explains: the search must explore a lot to prove it.
+    // Sixteen writes with unknown outcomes, sixteen concurrent reads each
+    // seeing one of them (any interleaving works), then a read that nothing
+    // explains: proving it takes every interleaving.
     let mut h = History::new();
     for i in 0..16 {
         let w = h.invoke(i, 0, Op::put("k", format!("v{i}")));
         h.complete(w, 1, Outcome::Unknown);
     }
-    h.record(99, Op::get("k"), 10, 20, got(Some("never"), 30, 30));
+    for i in 0..16 {
+        h.record(
+            i,
+            Op::get("k"),
+            10,
+            20,
+            got(Some(&format!("v{i}")), 50 + i as i64, 100),
+        );
+    }
+    h.record(99, Op::get("k"), 30, 40, got(Some("never"), 1, 100));
     let v = check_with(
         &h,
         &Config {
-            states_max: 100,
+            states_max: 1_000,
             ..Config::default()
         },
     )

@@ -315,3 +315,40 @@ fn random_histories_pass_and_mutants_fail() {
     }
     println!("{runs} histories of {} ops: {states} states", shape.ops);
 }
+
+/// Hot keys, wide windows and many unknown outcomes: what the search's
+/// pruning rules must never turn into a false violation.
+#[test]
+fn random_hot_histories_with_many_unknowns_pass() {
+    let base = base_seed();
+    let shapes = [
+        Shape {
+            ops: 150,
+            keys: 1,
+            window: 40,
+            unknown_percent: 15,
+        },
+        Shape {
+            ops: 200,
+            keys: 2,
+            window: 60,
+            unknown_percent: 10,
+        },
+        Shape {
+            ops: 200,
+            keys: 3,
+            window: 30,
+            unknown_percent: 12,
+        },
+    ];
+    for (n, shape) in shapes.iter().enumerate() {
+        for seed in base..base + 12 {
+            let recs = generate(seed, shape);
+            if let Err(v) = check(&history(&recs)) {
+                panic!(
+                    "shape {n}, seed {seed} (CAIRN_CHECK_SEED={seed}): a valid history failed:\n{v}"
+                );
+            }
+        }
+    }
+}
