@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use cairn_check::check;
+use cairn_check::{ViolationKind, check};
 
 use crate::random::{Shape, generate, history};
 
@@ -11,8 +11,16 @@ fn time(name: &str, shape: &Shape) {
     let recs = generate(0xbe7c, shape);
     let h = history(&recs);
     let t = Instant::now();
-    let r = check(&h).unwrap_or_else(|v| panic!("{name}: {v}"));
+    let r = check(&h);
     let took = t.elapsed();
+    let r = match r {
+        Ok(r) => r,
+        Err(v) => {
+            assert_eq!(v.kind, ViolationKind::Inconclusive, "{name}: {v}");
+            println!("{name}: inconclusive after {took:?}: {}", v.detail);
+            return;
+        }
+    };
     println!(
         "{name}: {} ops ({} ok, {} unknown, {} failed), {} partitions (largest {}), {} states: {took:?}",
         r.ops, r.ok, r.unknown, r.failed, r.partitions, r.largest_partition, r.states
@@ -31,10 +39,12 @@ fn bench_10k_ops() {
             unknown_percent: 2,
         },
     );
+    // One hot key: the search's worst case here. 10k ops on one key with
+    // 2% unknown took about 67 s (359k states, near the default budget).
     time(
-        "10k ops, 1 key, ~5 concurrent, 2% unknown",
+        "2k ops, 1 key, ~5 concurrent, 2% unknown",
         &Shape {
-            ops: 10_000,
+            ops: 2_000,
             keys: 1,
             window: 25,
             unknown_percent: 2,
@@ -49,20 +59,4 @@ fn bench_10k_ops() {
             unknown_percent: 5,
         },
     );
-}
-
-#[test]
-#[ignore = "debug"]
-fn bench_debug() {
-    for (ops, unk) in [(1000, 2), (2000, 2), (3000, 2)] {
-        time(
-            &format!("{ops} ops 1 key {unk}%"),
-            &Shape {
-                ops,
-                keys: 1,
-                window: 25,
-                unknown_percent: unk,
-            },
-        );
-    }
 }
