@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # One build of everything; the test binaries below share it.
 cargo build --workspace --all-targets
 cargo test --workspace
+# The simulator's rig: bugs planted in the consensus code (a test-only
+# feature) must each be caught by some seed.
+cargo test -p cairn-sim --features planted-bugs rig::
 # The same black-box cases against Debian's etcd: every expectation the
 # suite holds cairn to is checked against the real thing.
 CONFORMANCE_SUBJECT=etcd cargo test -p cairn-tests

@@ -8,7 +8,7 @@ fn seeds() -> u64 {
     std::env::var("SIM_SEEDS")
         .ok()
         .map(|s| s.parse().expect("SIM_SEEDS is a number"))
-        .unwrap_or(16)
+        .unwrap_or(24)
 }
 
 #[test]
