@@ -72,7 +72,7 @@ impl Scope {
 
     fn run(&mut self, name: &str, args: &[&str]) -> String {
         let c = format!("{name}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &c]);
+        let _ = docker(&["rm", "-f", "-v", &c]);
         let mut all = vec!["run", "-d", "--name", &c, "--hostname", name];
         all.extend(args);
         docker_ok(&all);
@@ -83,8 +83,9 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
+        // -v: the image's VOLUMEs are anonymous volumes of each container.
         for c in &self.containers {
-            let _ = docker(&["rm", "-f", c]);
+            let _ = docker(&["rm", "-f", "-v", c]);
         }
         for n in &self.networks {
             let _ = docker(&["network", "rm", n]);
