@@ -138,18 +138,25 @@ async fn the_image_runs_as_a_non_root_user_and_turns_healthy() {
 /// name), its client port published on a loopback port, with the flags
 /// every agent here has and `extra`. Returns the container and the port.
 fn agent(s: &mut Scope, net: &str, name: &str, extra: &[&str]) -> (String, u16) {
+    agent_with(s, net, name, &[], extra)
+}
+
+/// [`agent`] with `docker run` options of its own (`docker`).
+fn agent_with(
+    s: &mut Scope,
+    net: &str,
+    name: &str,
+    docker: &[&str],
+    extra: &[&str],
+) -> (String, u16) {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:2379");
     let adv = format!("http://{name}:2379");
     let peer = format!("http://{name}:2380");
     let tag = s.tag.clone();
-    let mut args = vec![
-        "--network",
-        net,
-        "--network-alias",
-        name,
-        "-p",
-        &publish,
+    let mut args = vec!["--network", net, "--network-alias", name, "-p", &publish];
+    args.extend(docker);
+    args.extend([
         tag.as_str(),
         "--name",
         name,
@@ -167,7 +174,7 @@ fn agent(s: &mut Scope, net: &str, name: &str, extra: &[&str]) -> (String, u16) 
         "50",
         "--election-timeout",
         "500",
-    ];
+    ]);
     args.extend(extra);
     (s.run(name, &args), port)
 }
@@ -224,15 +231,17 @@ fn address_on(c: &str, net: &str) -> String {
 }
 
 /// A single-member cairn on `net` that answers DNS for `cluster.test.`
-/// from its keys (a `[dns]` table in its `--config`), with etcd's SRV
-/// records for `members` (server records on 2380, client records on 2379;
-/// the targets are the containers' names on `net`) written through its
-/// published client port. Returns its DNS address on `net` (ip:port).
+/// on port 53 from its keys (a `[dns]` table in its `--config`), with
+/// etcd's SRV records for `members` (server records on 2380, client
+/// records on 2379; the targets are the containers' names on `net`)
+/// written through its published client port. Returns its address on
+/// `net`: containers started with `--dns <it>` ask it, through Docker's
+/// embedded DNS, for every name that is not a container's.
 async fn srv_dns(s: &mut Scope, net: &str, dir: &Path, members: &[&str]) -> String {
     let config = dir.join("dns.toml");
     std::fs::write(
         &config,
-        "[dns]\nlisten = \"0.0.0.0:8053\"\nzones = [\"cluster.test.\"]\n",
+        "[dns]\nlisten = \"0.0.0.0:53\"\nzones = [\"cluster.test.\"]\n",
     )
     .unwrap();
     let mount = format!("{}:/etc/cairn/dns.toml:ro", config.display());
@@ -281,7 +290,7 @@ async fn srv_dns(s: &mut Scope, net: &str, dir: &Path, members: &[&str]) -> Stri
                 .unwrap();
         }
     }
-    format!("{}:8053", address_on(&c, net))
+    address_on(&c, net)
 }
 
 /// The index in `names` of the member that leads, as member 0 sees it.
@@ -304,8 +313,9 @@ async fn leader_of(names: &[&str], ports: &[u16]) -> usize {
 }
 
 /// Three voters, a learner and a proxy, each in its own container on a
-/// private network, bootstrap by DNS SRV (`--discovery-srv`; the records
-/// served by a cairn container's DNS). The leader's container is then cut
+/// private network, bootstrap by DNS SRV (`--discovery-srv`, with the
+/// system's resolver: the containers' `--dns` is a cairn container that
+/// serves the records from its keys). The leader's container is then cut
 /// off the network: the other two elect a leader and take writes, directly
 /// and through the proxy; once it is back, HashKV is equal on the voters
 /// and the learner and every acknowledged write is on the old leader and
@@ -320,17 +330,18 @@ async fn srv_bootstrapped_containers_survive_the_leader_cut_off_the_network() {
     let net = s.network("cairn-it-net");
     let dir = tempfile::tempdir().unwrap();
     let names = ["infra0", "infra1", "infra2"];
-    let ns = srv_dns(&mut s, &net, dir.path(), &names).await;
+    let dns = srv_dns(&mut s, &net, dir.path(), &names).await;
+    let resolver = ["--dns", dns.as_str()];
     let srv = [
         "--discovery-srv",
         "cluster.test",
-        "--discovery-srv-nameserver",
-        ns.as_str(),
         "--initial-cluster-token",
         "containers",
     ];
-    let (containers, ports): (Vec<String>, Vec<u16>) =
-        names.iter().map(|n| agent(&mut s, &net, n, &srv)).unzip();
+    let (containers, ports): (Vec<String>, Vec<u16>) = names
+        .iter()
+        .map(|n| agent_with(&mut s, &net, n, &resolver, &srv))
+        .unzip();
     let leader = leader_of(&names, &ports).await;
     let client = |i: usize| client_at(ports[i]);
     // The voters know each other by the names they published (SRV
@@ -352,10 +363,10 @@ async fn srv_bootstrapped_containers_survive_the_leader_cut_off_the_network() {
     // A learner and a proxy find the cluster by the client records.
     let mut learner_flags = srv.to_vec();
     learner_flags.extend(["--role", "learner"]);
-    let (_, learner) = agent(&mut s, &net, "learner0", &learner_flags);
+    let (_, learner) = agent_with(&mut s, &net, "learner0", &resolver, &learner_flags);
     let mut proxy_flags = srv.to_vec();
     proxy_flags.extend(["--role", "proxy"]);
-    let (_, proxy) = agent(&mut s, &net, "proxy0", &proxy_flags);
+    let (_, proxy) = agent_with(&mut s, &net, "proxy0", &resolver, &proxy_flags);
     let mut proxy_client = eventually("the proxy forwards", LIMIT, || async {
         let mut c = client_at(proxy).await?;
         c.put("via-proxy", "1", None).await.ok()?;
