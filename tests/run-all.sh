@@ -2,7 +2,8 @@
 # Runs every check and test of the workspace on a fresh Debian machine,
 # installing what the tests need (Debian's etcd as the reference server,
 # etcdctl as an independent client, protoc for the etcd-client crate, dig and
-# kdig for the DNS tests, systemd-analyze to verify the unit).
+# kdig for the DNS tests, systemd-analyze to verify the unit, curl, ip and
+# unshare for the docs pages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,11 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The docs pages (tests/tests/it/docs.rs) use curl, and run in namespaces
+# made by unshare whose loopback `ip` brings up.
+command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)
+command -v unshare >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

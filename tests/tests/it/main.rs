@@ -23,6 +23,7 @@ mod container;
 mod crash;
 mod discovery;
 mod dns_server;
+mod docs;
 mod etcdctl;
 mod http;
 mod kv;
