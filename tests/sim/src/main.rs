@@ -52,6 +52,8 @@ fn main() -> ExitCode {
                     println!("{r:#?}");
                 }
                 total.ops += r.ops;
+                total.answers_checked += r.answers_checked;
+                total.watch_events_checked += r.watch_events_checked;
                 total.ops_unknown += r.ops_unknown;
                 total.entries_committed += r.entries_committed;
                 total.messages += r.messages;
@@ -67,12 +69,15 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "seeds {from}..{}: {} failed; {} client operations checked ({} unknown outcomes), \
+        "seeds {from}..{}: {} failed; {} client operations checked for linearizability ({} unknown outcomes), \
+         {} answers checked against the stored history, {} watch events checked, \
          {} entries committed, {} messages, {} snapshots sent, faults {:?}; {:.1} s",
         from + count,
         failures,
         total.ops,
         total.ops_unknown,
+        total.answers_checked,
+        total.watch_events_checked,
         total.entries_committed,
         total.messages,
         total.snapshots_sent,
