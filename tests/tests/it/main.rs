@@ -24,6 +24,7 @@ mod crash;
 mod discovery;
 mod dns_server;
 mod etcdctl;
+mod history;
 mod http;
 mod kv;
 mod lease;
