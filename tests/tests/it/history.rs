@@ -26,8 +26,8 @@ use cairn_check::{History, Op, Outcome, Ret, ViolationKind};
 use cairn_tests::cluster::Cluster;
 use cairn_tests::{eventually, subject_kind};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, LeaseGrantOptions, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,7 +45,7 @@ const LOAD: Duration = Duration::from_secs(15);
 /// A client gives up on an op after this and records it unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// A client waits up to this long between two ops.
-const PAUSE_MAX_MS: u64 = 60;
+const PAUSE_MAX_MS: u64 = 30;
 /// Acknowledged writes the run must have seen to count as a test.
 const OK_WRITES_MIN: usize = 100;
 
@@ -131,7 +131,11 @@ async fn a_client_history_under_leader_kills_is_linearizable_and_watches_are_exa
         tokio::time::sleep(Duration::from_millis(500 + rng.random_range(0..1500))).await;
         // Not waited for: it rejoins while the load goes on.
         c.spawn(victim, "new");
-        println!("{:?}: {} restarted", began.elapsed(), c.members[victim].name);
+        println!(
+            "{:?}: {} restarted",
+            began.elapsed(),
+            c.members[victim].name
+        );
     }
     if let Some(rest) = LOAD.checked_sub(began.elapsed()) {
         tokio::time::sleep(rest).await;
@@ -341,14 +345,18 @@ fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> i64 {
 
 /// The revision a linearizable read sees, through any of `urls`.
 async fn current_revision(urls: &[String]) -> i64 {
-    eventually("a linearizable read", Duration::from_secs(30), || async move {
-        let mut cl = Client::connect(urls, Some(connect_options())).await.ok()?;
-        let r = tokio::time::timeout(OP_TIMEOUT, cl.get("h/", None))
-            .await
-            .ok()?
-            .ok()?;
-        Some(header_revision(r.header()))
-    })
+    eventually(
+        "a linearizable read",
+        Duration::from_secs(30),
+        || async move {
+            let mut cl = Client::connect(urls, Some(connect_options())).await.ok()?;
+            let r = tokio::time::timeout(OP_TIMEOUT, cl.get("h/", None))
+                .await
+                .ok()?
+                .ok()?;
+            Some(header_revision(r.header()))
+        },
+    )
     .await
 }
 
@@ -439,9 +447,13 @@ fn assert_acknowledged_writes_committed(h: &History, committed: &[watch::Event],
                     ..
                 }),
             ) => Some((*revision, key, true, value.as_slice())),
-            (Op::Delete { key }, Some(Ret::Delete { deleted: 1, revision })) => {
-                Some((*revision, key, false, &[][..]))
-            }
+            (
+                Op::Delete { key },
+                Some(Ret::Delete {
+                    deleted: 1,
+                    revision,
+                }),
+            ) => Some((*revision, key, false, &[][..])),
             _ => None,
         };
         if let Some((rev, key, kind, value)) = want {
@@ -742,8 +754,7 @@ impl Watcher {
                 continue;
             };
             while !stop.load(Ordering::SeqCst) {
-                let r = match tokio::time::timeout(Duration::from_millis(200), ws.message()).await
-                {
+                let r = match tokio::time::timeout(Duration::from_millis(200), ws.message()).await {
                     Err(_) => continue,
                     Ok(Ok(Some(r))) => r,
                     Ok(Ok(None)) | Ok(Err(_)) => continue 'connect,
@@ -775,7 +786,7 @@ impl Watcher {
             }
         }
         println!(
-            "watcher {:?} from {}: {} connections, {} items",
+            "watcher {:?} from {}: {} connection attempts, {} items",
             stream.range,
             stream.start_revision,
             reconnects,
