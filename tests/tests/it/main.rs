@@ -25,6 +25,7 @@ mod discovery;
 mod dns_server;
 mod docs;
 mod etcdctl;
+mod history;
 mod http;
 mod kv;
 mod lease;
