@@ -87,12 +87,11 @@ fn main() -> ExitCode {
 /// Logs on stderr: text, or one JSON object per line with
 /// `--log-format json` (etcd 3.5's flag) for log shippers.
 fn init_tracing(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| {
-            // hickory's server logs every DNS query at info: a busy
-            // resolver would flood the log. Its warnings and errors stay.
-            tracing_subscriber::EnvFilter::new(format!("{level},hickory_server=warn"))
-        });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
+        // hickory's server logs every DNS query at info: a busy
+        // resolver would flood the log. Its warnings and errors stay.
+        tracing_subscriber::EnvFilter::new(format!("{level},hickory_server=warn"))
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

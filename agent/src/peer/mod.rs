@@ -11,10 +11,15 @@
 //!   message to raft;
 //! - a request (`Q`, bidirectional): one frame each way.
 //!
-//! Every stream starts with a hello naming the cluster, the sender and the
-//! receiver. A stream from another cluster (a different
-//! `--initial-cluster-token` or `--initial-cluster`) is refused, and both
-//! sides log why.
+//! Every stream starts with a hello naming the cluster, the sender, the
+//! receiver and the sender's incarnation (random per process start). A
+//! stream from another cluster (a different `--initial-cluster-token` or
+//! `--initial-cluster`) is refused, and both sides log why. A hello from a
+//! new incarnation of a member means it restarted: the connection to its
+//! previous process is dropped at once and redialed, instead of carrying
+//! raft messages into the void until QUIC's idle timeout (10 s) noticed;
+//! a restarted member would otherwise hear nothing from the leader for
+//! that long, and without it a quorum could stay leaderless.
 //!
 //! Sending never blocks the raft thread: each peer has a bounded queue and a
 //! task; what does not fit is dropped and raft retransmits it.
@@ -84,6 +89,10 @@ pub struct Peers {
     max_snapshot_bytes: u64,
     /// Set when another member refused us as removed.
     we_are_removed: tokio::sync::watch::Sender<bool>,
+    /// This process's incarnation, sent in every hello.
+    incarnation: u64,
+    /// The last incarnation each member's hello carried.
+    incarnations: Mutex<HashMap<u64, u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +118,30 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
     Some((h.to_string(), p.parse().ok()?))
 }
 
-fn hello(kind: u8, cluster: u64, from: u64, to: u64) -> Vec<u8> {
-    let mut b = Vec::with_capacity(25);
+const HELLO_LEN: usize = 33;
+
+fn hello(kind: u8, cluster: u64, from: u64, to: u64, incarnation: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HELLO_LEN);
     b.push(kind);
     b.extend_from_slice(&cluster.to_be_bytes());
     b.extend_from_slice(&from.to_be_bytes());
     b.extend_from_slice(&to.to_be_bytes());
+    b.extend_from_slice(&incarnation.to_be_bytes());
     b
+}
+
+/// A number that differs between two starts of this process.
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 fn frame(out: &mut Vec<u8>, body: &[u8]) {
@@ -195,6 +221,8 @@ impl Peers {
             removed: RwLock::new(Default::default()),
             max_snapshot_bytes,
             we_are_removed: tokio::sync::watch::channel(false).0,
+            incarnation: new_incarnation(),
+            incarnations: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -367,7 +395,13 @@ impl Peers {
                     .open_uni()
                     .await
                     .map_err(|e| stream_err(to)(e.to_string()))?;
-                let h = hello(KIND_RAFT, self.cluster_id(), self.member_id(), to);
+                let h = hello(
+                    KIND_RAFT,
+                    self.cluster_id(),
+                    self.member_id(),
+                    to,
+                    self.incarnation,
+                );
                 s.write_all(&h)
                     .await
                     .map_err(|e| stream_err(to)(e.to_string()))?;
@@ -466,7 +500,13 @@ impl Peers {
             .clone();
         let conn = self.connection(to).await?;
         let mut s = conn.open_uni().await.map_err(|e| err(e.to_string()))?;
-        let mut head = hello(KIND_SNAPSHOT, self.cluster_id(), self.member_id(), to);
+        let mut head = hello(
+            KIND_SNAPSHOT,
+            self.cluster_id(),
+            self.member_id(),
+            to,
+            self.incarnation,
+        );
         frame(
             &mut head,
             &msg.write_to_bytes().map_err(|e| err(e.to_string()))?,
@@ -515,7 +555,13 @@ impl Peers {
         let err = stream_err(to);
         let conn = self.connection(to).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
-        let mut out = hello(KIND_REQUEST, self.cluster_id(), self.member_id(), to);
+        let mut out = hello(
+            KIND_REQUEST,
+            self.cluster_id(),
+            self.member_id(),
+            to,
+            self.incarnation,
+        );
         frame(&mut out, &req.encode_to_vec());
         send.write_all(&out).await.map_err(|e| err(e.to_string()))?;
         send.finish().map_err(|e| err(e.to_string()))?;
@@ -561,12 +607,13 @@ impl Peers {
 
     /// Reads and checks a stream's hello; returns (kind, sender).
     async fn read_hello(&self, r: &mut quinn::RecvStream) -> Result<(u8, u64), String> {
-        let mut h = [0u8; 25];
+        let mut h = [0u8; HELLO_LEN];
         r.read_exact(&mut h).await.map_err(|e| e.to_string())?;
         let kind = h[0];
         let cluster = u64::from_be_bytes(h[1..9].try_into().expect("8"));
         let from = u64::from_be_bytes(h[9..17].try_into().expect("8"));
         let to = u64::from_be_bytes(h[17..25].try_into().expect("8"));
+        let incarnation = u64::from_be_bytes(h[25..33].try_into().expect("8"));
         let ours = self.cluster_id();
         // A joining member asks before it knows the cluster's ID.
         let ask = kind == KIND_REQUEST && cluster == 0;
@@ -595,6 +642,22 @@ impl Peers {
             tracing::warn!("{msg}");
             let _ = r.stop(REMOVED.into());
             return Err(msg);
+        }
+        let previous = self
+            .incarnations
+            .lock()
+            .expect("incarnations lock")
+            .insert(from, incarnation);
+        if previous.is_some_and(|p| p != incarnation) {
+            // The member restarted: what we hold is a connection to its
+            // previous process.
+            if let Some(c) = self.conns.lock().await.remove(&from) {
+                tracing::info!(
+                    peer = format_args!("{from:x}"),
+                    "member restarted: reconnecting to it"
+                );
+                c.close(0u32.into(), b"peer restarted");
+            }
         }
         Ok((kind, from))
     }
