@@ -11,6 +11,11 @@
 //! acknowledged: acknowledgement waits for the fsync) and a corrupt entry
 //! anywhere else stops the open with its index named. After a failed write
 //! the store refuses every later one (a failed fsync cannot be retried).
+//!
+//! Below the entries' own CRCs, fjall's journal (`db/<n>.jnl`) checksums
+//! every batch; `journal.rs` reads it before fjall does, so that damage in
+//! its middle stops the open (file and byte named) instead of fjall
+//! truncating the journal there.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -57,6 +62,15 @@ pub enum StoreError {
     Corrupt {
         dir: PathBuf,
         index: u64,
+        reason: String,
+    },
+    #[error(
+        "data directory {}: journal {} is damaged at byte {offset}: {reason}; fjall would drop everything from there on, acknowledged writes included; refusing to start (restore this member from a snapshot, or remove it from the cluster and add it back)", dir.display(), file.display()
+    )]
+    Journal {
+        dir: PathBuf,
+        file: PathBuf,
+        offset: u64,
         reason: String,
     },
     #[error("data directory {}: an earlier write failed; refusing further writes", .0.display())]
@@ -156,6 +170,14 @@ impl Db {
             dir: dir.to_path_buf(),
             source: e,
         };
+        if let Err(damage) = journal::check(&dir.join("db")).map_err(io)? {
+            return Err(StoreError::Journal {
+                dir: dir.to_path_buf(),
+                file: damage.file,
+                offset: damage.offset,
+                reason: damage.reason,
+            });
+        }
         let db = Database::builder(dir.join("db"))
             .cache_size(BLOCK_CACHE_BYTES)
             .open()
@@ -294,6 +316,12 @@ impl Backend for FjallBackend {
             .iter()
             .map(|ks| ks.disk_space() + ks.tree.version_memtable_size_sum())
             .sum()
+    }
+
+    fn disk_available_bytes(&self) -> Option<u64> {
+        rustix::fs::statvfs(&self.shared.dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
     }
 
     /// Flushes the MVCC tables' memtables and merges each table's segments
@@ -680,6 +708,9 @@ impl LogStore for FjallLogStore {
         Ok(())
     }
 }
+
+pub mod fuzzing;
+pub mod journal;
 
 #[cfg(test)]
 mod tests;
