@@ -50,7 +50,13 @@ pub fn pack(dir: &Path) -> std::io::Result<Vec<u8>> {
             if name == "db/lock" || name.len() > 255 {
                 continue;
             }
-            let bytes = std::fs::read(&path)?;
+            let mut bytes = std::fs::read(&path)?;
+            if name.ends_with(".jnl") {
+                // Journals are preallocated with zeros; their data is what
+                // comes before (fjall reads a shorter file the same way).
+                let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                bytes.truncate(used);
+            }
             out.push(name.len() as u8);
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());

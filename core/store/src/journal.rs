@@ -71,7 +71,13 @@ pub fn batches(buf: &[u8]) -> Vec<Batch> {
 
 /// The batch starting at `pos`, or why it is not a batch.
 fn batch(buf: &[u8], pos: usize) -> Result<Batch, Bad> {
-    let short = |end: usize| if end > buf.len() { Err(Bad::Short) } else { Ok(()) };
+    let short = |end: usize| {
+        if end > buf.len() {
+            Err(Bad::Short)
+        } else {
+            Ok(())
+        }
+    };
     short(pos + 13)?;
     if buf[pos] != START {
         return Err(Bad::Invalid("not a batch start"));
@@ -144,11 +150,41 @@ fn check_bytes(buf: &[u8], newest: bool) -> Result<(), (u64, String)> {
             ));
         }
         if !newest {
-            return Err((pos as u64, format!("{what} in a journal that is not the newest")));
+            return Err((
+                pos as u64,
+                format!("{what} in a journal that is not the newest"),
+            ));
         }
         return Ok(());
     }
     Ok(())
+}
+
+/// A journal's bytes up to the end of its last written extent: the
+/// preallocated rest is a hole and is not read (all of it is read where
+/// the filesystem cannot tell).
+fn read_data(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let end = data_end(&file, len).unwrap_or(len);
+    let mut buf = Vec::with_capacity(end as usize);
+    (&file).take(end).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn data_end(file: &std::fs::File, len: u64) -> rustix::io::Result<u64> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut end = 0;
+    while end < len {
+        let data = match seek(file, SeekFrom::Data(end)) {
+            Ok(at) => at,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e),
+        };
+        end = seek(file, SeekFrom::Hole(data))?;
+    }
+    Ok(end.min(len))
 }
 
 /// Checks the journals of the fjall database in `db_dir` (absent: fine).
@@ -173,7 +209,7 @@ pub fn check(db_dir: &Path) -> std::io::Result<Result<(), Damage>> {
     journals.sort();
     let newest = journals.last().map(|(n, _)| *n);
     for (n, path) in journals {
-        let buf = std::fs::read(&path)?;
+        let buf = read_data(&path)?;
         if let Err((offset, reason)) = check_bytes(&buf, Some(n) == newest) {
             return Ok(Err(Damage {
                 file: path,

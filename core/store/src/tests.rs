@@ -186,7 +186,12 @@ fn newest_journal(dir: &Path) -> (PathBuf, Vec<u8>) {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
         .max_by_key(|p| {
-            p.file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap()
+            p.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
         })
         .expect("a journal");
     let bytes = std::fs::read(&path).unwrap();
@@ -260,7 +265,12 @@ fn journal_damage_in_the_middle_is_refused_with_file_and_byte() {
         .into_iter()
         .find(|b| b.range.contains(&at))
         .unwrap();
-    let item = batch.items.iter().find(|i| i.contains(&at)).unwrap().clone();
+    let item = batch
+        .items
+        .iter()
+        .find(|i| i.contains(&at))
+        .unwrap()
+        .clone();
     bytes[item.start] = 0x7f; // not a record tag
     std::fs::write(&path, &bytes).unwrap();
     let err = Db::open(dir.path()).err().expect("refused").to_string();

@@ -22,6 +22,7 @@ mod config;
 mod container;
 mod crash;
 mod discovery;
+mod disk;
 mod dns_server;
 mod etcdctl;
 mod http;
