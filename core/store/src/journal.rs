@@ -164,10 +164,12 @@ fn check_bytes(buf: &[u8], newest: bool) -> Result<(), (u64, String)> {
 /// preallocated rest is a hole and is not read (all of it is read where
 /// the filesystem cannot tell).
 fn read_data(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let end = data_end(&file, len).unwrap_or(len);
+    // The extent search moved the file's position.
+    (&file).seek(std::io::SeekFrom::Start(0))?;
     let mut buf = Vec::with_capacity(end as usize);
     (&file).take(end).read_to_end(&mut buf)?;
     Ok(buf)

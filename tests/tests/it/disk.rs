@@ -407,23 +407,34 @@ async fn full_disk_refuses_writes_with_nospace_and_recovers() {
         );
     }
 
+    let member_id = c.status().await.unwrap().header().unwrap().member_id();
     // Room made: disarm, and puts are taken again.
     std::fs::remove_file(&ballast).unwrap();
     let after = eventually("a put once space is freed", Duration::from_secs(30), || {
         let mut c = c.clone();
         async move {
-            c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
+            // etcdctl's `alarm disarm`: each raised alarm, by member.
+            let mut me = etcd_client::AlarmOptions::new();
+            me.with_member(member_id);
+            if let Err(e) = c
+                .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(me))
                 .await
-                .ok()?;
-            c.put("full/after", "ok", None).await.ok()
+            {
+                eprintln!("disarm: {e}");
+                return None;
+            }
+            match c.put("full/after", "ok", None).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("put after freeing space: {e}");
+                    None
+                }
+            }
         }
     })
     .await;
     let rev = after.header().unwrap().revision();
-    let (hash, ..) = {
-        let h = c.hash_kv(rev).await.unwrap();
-        (h.hash(), h.compact_revision())
-    };
+    let hash = c.hash_kv(rev).await.unwrap().hash();
 
     drop(c);
     s.kill9();
