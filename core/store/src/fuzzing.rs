@@ -126,10 +126,10 @@ fn unpack(dir: &Path, mut data: &[u8]) -> std::io::Result<()> {
             continue;
         }
         let path = dir.join(&*name);
-        if let Some(parent) = path.parent() {
-            if std::fs::create_dir_all(parent).is_err() {
-                continue;
-            }
+        if let Some(parent) = path.parent()
+            && std::fs::create_dir_all(parent).is_err()
+        {
+            continue;
         }
         // A name that is also a directory (or under a file) is skipped.
         let _ = std::fs::write(&path, bytes);

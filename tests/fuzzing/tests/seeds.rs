@@ -6,6 +6,9 @@
 //! cargo test -p cairn-fuzzing --test seeds -- --ignored
 //! ```
 //! (The config seeds are files written by hand.)
+// protobuf 2 messages are built field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 use std::path::{Path, PathBuf};
 
 use cairn_mvcc::Backend as _;
