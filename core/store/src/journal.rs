@@ -12,6 +12,13 @@
 //! newest (a sealed journal was complete when the next one began), or is
 //! a complete batch whose checksum fails. It names the file and the byte.
 //!
+//! The price: after a power loss (not a process crash), pages written after
+//! the last fsync may reach the disk out of order, so a hole followed by an
+//! intact unsynced batch is possible and is refused too, though nothing
+//! acknowledged follows it (every acknowledged write was fsynced before).
+//! The message names the byte; cutting the journal there (`truncate -s`)
+//! is then the repair, which is what fjall would have done.
+//!
 //! The layout read here is fjall 3's (`fjall::journal::entry`); a test in
 //! `tests.rs` writes real journals through the store and reads them back.
 use std::ops::Range;
