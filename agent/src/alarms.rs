@@ -1,5 +1,6 @@
 //! etcd's alarms as the agent raises them: NOSPACE when a write would take
-//! the MVCC tables past `--quota-backend-bytes`, CORRUPT when members'
+//! the MVCC tables past `--quota-backend-bytes` or the free space of the
+//! data directory's filesystem below `--disk-reserve-bytes`, CORRUPT when members'
 //! HashKV disagree at the same revision (at start with
 //! `--initial-corrupt-check`, every `--corrupt-check-time` on the leader).
 //!
@@ -23,6 +24,12 @@ use crate::server::Server;
 /// etcd's default `--quota-backend-bytes` (also what 0 means).
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
+/// `--disk-reserve-bytes`' default: room for fjall to flush its memtables
+/// (8 MiB each) and merge tables once writes stop, and for the NOSPACE
+/// alarm itself to go through the log. etcd has no such guard: a full
+/// disk stops it with a write error (as it would stop cairn).
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 << 20;
+
 /// How long a measured size is reused: measuring takes a lock per table,
 /// and the quota is checked on every write.
 const SIZE_CACHE: Duration = Duration::from_millis(50);
@@ -30,19 +37,22 @@ const SIZE_CACHE: Duration = Duration::from_millis(50);
 /// The space quota of the MVCC tables.
 pub struct Quota {
     bytes: u64,
-    measured: Mutex<Option<(Instant, u64)>>,
+    disk_reserve_bytes: u64,
+    /// When, the tables' size, the filesystem's free bytes.
+    measured: Mutex<Option<(Instant, u64, Option<u64>)>>,
     /// A NOSPACE proposal from the applier's check is under way.
     raising: AtomicBool,
 }
 
 impl Quota {
-    pub fn new(bytes: u64) -> Quota {
+    pub fn new(bytes: u64, disk_reserve_bytes: u64) -> Quota {
         Quota {
             bytes: if bytes == 0 {
                 DEFAULT_QUOTA_BYTES
             } else {
                 bytes
             },
+            disk_reserve_bytes,
             measured: Mutex::new(None),
             raising: AtomicBool::new(false),
         }
@@ -52,23 +62,39 @@ impl Quota {
         self.bytes
     }
 
-    /// The tables' size, measured at most every [`SIZE_CACHE`].
-    pub fn size<B: Backend>(&self, backend: &B) -> u64 {
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk_reserve_bytes
+    }
+
+    /// The tables' size and the filesystem's free bytes, measured at most
+    /// every [`SIZE_CACHE`].
+    pub fn measure<B: Backend>(&self, backend: &B) -> (u64, Option<u64>) {
         let mut m = self.measured.lock().expect("quota lock");
         match *m {
-            Some((at, size)) if at.elapsed() < SIZE_CACHE => size,
+            Some((at, size, free)) if at.elapsed() < SIZE_CACHE => (size, free),
             _ => {
                 let size = backend.size_bytes();
-                *m = Some((Instant::now(), size));
-                size
+                let free = backend.disk_available_bytes();
+                *m = Some((Instant::now(), size, free));
+                (size, free)
             }
         }
     }
 
+    /// The tables' size, measured at most every [`SIZE_CACHE`].
+    pub fn size<B: Backend>(&self, backend: &B) -> u64 {
+        self.measure(backend).0
+    }
+
     /// etcd's `BackendQuota.Available`: the size plus the request's cost
-    /// stays below the quota.
+    /// stays below the quota; and cairn's: the disk keeps its reserve.
     pub fn fits<B: Backend>(&self, backend: &B, cost: u64) -> bool {
-        cost == 0 || self.size(backend).saturating_add(cost) < self.bytes
+        if cost == 0 {
+            return true;
+        }
+        let (size, free) = self.measure(backend);
+        size.saturating_add(cost) < self.bytes
+            && free.is_none_or(|f| f >= self.disk_reserve_bytes.saturating_add(cost))
     }
 
     /// After a write was applied: true once when the tables have grown past
@@ -136,10 +162,13 @@ impl Server {
         if self.quota.fits(self.mvcc.backend(), alarm::cost(op)) {
             return Ok(());
         }
+        let (size_bytes, disk_free_bytes) = self.quota.measure(self.mvcc.backend());
         tracing::warn!(
             quota_bytes = self.quota.bytes(),
-            size_bytes = self.mvcc.backend().size_bytes(),
-            "a write exceeds the backend quota; raising NOSPACE"
+            size_bytes,
+            disk_free_bytes,
+            disk_reserve_bytes = self.quota.disk_reserve_bytes(),
+            "a write exceeds the backend quota or the disk's reserve; raising NOSPACE"
         );
         if let Err(e) = self
             .raise_alarm(AlarmType::Nospace, self.identity.member_id)
@@ -162,7 +191,8 @@ pub async fn nospace_loop(
         };
         tracing::warn!(
             quota_bytes = server.quota.bytes(),
-            "the store grew past the backend quota; raising NOSPACE"
+            disk_reserve_bytes = server.quota.disk_reserve_bytes(),
+            "the store grew past the backend quota or into the disk's reserve; raising NOSPACE"
         );
         loop {
             // Raised meanwhile (by a refused write, or the log replayed at

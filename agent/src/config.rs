@@ -23,6 +23,9 @@ pub struct Config {
     pub max_request_bytes: u64,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
+    /// `--disk-reserve-bytes` (cairn): free space on the data directory's
+    /// filesystem below which writes are refused with NOSPACE.
+    pub disk_reserve_bytes: u64,
     /// `--initial-corrupt-check` (etcd 3.4/3.5: `--experimental-initial-corrupt-check`).
     pub initial_corrupt_check: bool,
     /// `--corrupt-check-time` (etcd 3.4/3.5: `--experimental-corrupt-check-time`);
@@ -168,6 +171,7 @@ const VALUE_FLAGS: &[&str] = &[
     "max-request-bytes",
     "max-txn-ops",
     "quota-backend-bytes",
+    "disk-reserve-bytes",
     "corrupt-check-time",
     "experimental-corrupt-check-time",
     "heartbeat-interval",
@@ -394,6 +398,11 @@ impl Config {
                 0 => 2 << 30,
                 q => q,
             },
+            disk_reserve_bytes: num(
+                s,
+                "disk-reserve-bytes",
+                crate::alarms::DEFAULT_DISK_RESERVE_BYTES,
+            )?,
             initial_corrupt_check: boolean(s, "initial-corrupt-check", false)?
                 || boolean(s, "experimental-initial-corrupt-check", false)?,
             corrupt_check_time: match duration("corrupt-check-time")? {

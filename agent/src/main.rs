@@ -237,6 +237,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
         auth_token_ttl: cfg.auth_token_ttl,
         bcrypt_cost: cfg.bcrypt_cost,
         quota_bytes: cfg.quota_backend_bytes,
+        disk_reserve_bytes: cfg.disk_reserve_bytes,
         prefix_depth: cfg.metrics_prefix_depth,
         prefix_max: cfg.metrics_prefix_max,
         tenant_rates: cfg.tenant_rates.clone(),

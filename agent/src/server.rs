@@ -62,6 +62,8 @@ pub struct NodeSettings {
     pub bcrypt_cost: u32,
     /// `--quota-backend-bytes` (0: etcd's default, 2 GiB).
     pub quota_bytes: u64,
+    /// `--disk-reserve-bytes`.
+    pub disk_reserve_bytes: u64,
     /// `--metrics-prefix-depth` (0: off) and `--metrics-prefix-max`.
     pub prefix_depth: usize,
     pub prefix_max: usize,
@@ -108,6 +110,7 @@ impl NodeSettings {
             auth_token_ttl: Duration::ZERO,
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
             quota_bytes: 0,
+            disk_reserve_bytes: 0,
             prefix_depth: 0,
             prefix_max: 0,
             tenant_rates: Vec::new(),
@@ -248,7 +251,10 @@ impl Server {
         let (compact_tx, compact_rx) = watch::channel(mvcc.compact_revision());
         let (pending_tx, pending_rx) = watch::channel(mvcc.compact_revision());
         spawn_compactor(mvcc.clone(), pending_rx, compact_tx);
-        let quota = Arc::new(crate::alarms::Quota::new(settings.quota_bytes));
+        let quota = Arc::new(crate::alarms::Quota::new(
+            settings.quota_bytes,
+            settings.disk_reserve_bytes,
+        ));
         metrics.quota_bytes.set(quota.bytes() as i64);
         let (nospace_tx, nospace_rx) = tokio::sync::mpsc::unbounded_channel();
 

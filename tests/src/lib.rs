@@ -415,6 +415,34 @@ impl Subject {
         }
     }
 
+    /// Starts the server again on the same data dir for a start that must
+    /// be refused: waits up to `limit` for the process to exit by itself.
+    /// Returns its exit status (`None`: still running at `limit`, then
+    /// killed) and what this run printed.
+    pub async fn restart_expecting_exit(
+        &mut self,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        self.kill9();
+        let earlier = self.log().len();
+        self.spawn();
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            let child = self.child.as_mut().expect("spawned");
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                self.child = None;
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = self.log();
+        (status, log.get(earlier..).unwrap_or("").to_string())
+    }
+
     /// Runs `/usr/bin/etcdctl --endpoints=<ep> args...` with `ETCDCTL_API=3`.
     pub fn etcdctl<I, S>(&self, args: I) -> Output
     where

@@ -77,6 +77,11 @@ pub trait Backend: Send + Sync + 'static {
     fn defragment(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Bytes left to unprivileged writers on the storage's filesystem;
+    /// `None` where that means nothing (memory).
+    fn disk_available_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// In-memory backend for tests and the simulator. Snapshots are copy-on-write.

@@ -11,6 +11,11 @@
 //! acknowledged: acknowledgement waits for the fsync) and a corrupt entry
 //! anywhere else stops the open with its index named. After a failed write
 //! the store refuses every later one (a failed fsync cannot be retried).
+//!
+//! Below the entries' own CRCs, fjall's journal (`db/<n>.jnl`) checksums
+//! every batch; `journal.rs` reads it before fjall does, so that damage in
+//! its middle stops the open (file and byte named) instead of fjall
+//! truncating the journal there.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -57,6 +62,15 @@ pub enum StoreError {
     Corrupt {
         dir: PathBuf,
         index: u64,
+        reason: String,
+    },
+    #[error(
+        "data directory {}: journal {} is damaged at byte {offset}: {reason}; fjall would drop everything from there on, acknowledged writes included; refusing to start (restore this member from a snapshot, or remove it from the cluster and add it back)", dir.display(), file.display()
+    )]
+    Journal {
+        dir: PathBuf,
+        file: PathBuf,
+        offset: u64,
         reason: String,
     },
     #[error("data directory {}: an earlier write failed; refusing further writes", .0.display())]
@@ -156,6 +170,14 @@ impl Db {
             dir: dir.to_path_buf(),
             source: e,
         };
+        if let Err(damage) = journal::check(&dir.join("db")).map_err(io)? {
+            return Err(StoreError::Journal {
+                dir: dir.to_path_buf(),
+                file: damage.file,
+                offset: damage.offset,
+                reason: damage.reason,
+            });
+        }
         let db = Database::builder(dir.join("db"))
             .cache_size(BLOCK_CACHE_BYTES)
             .open()
@@ -296,6 +318,12 @@ impl Backend for FjallBackend {
             .sum()
     }
 
+    fn disk_available_bytes(&self) -> Option<u64> {
+        rustix::fs::statvfs(&self.shared.dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
     /// Flushes the MVCC tables' memtables and merges each table's segments
     /// into one run, which drops the versions and tombstones compaction
     /// left behind. Reads and writes go on meanwhile (an LSM tree writes
@@ -383,6 +411,39 @@ fn decode_entry(raw: &[u8]) -> Result<Entry, String> {
     Entry::parse_from_bytes(body).map_err(|e| format!("does not decode: {e}"))
 }
 
+/// What raft needs of a stored configuration to load it (it panics
+/// otherwise): no member listed twice or both voter and learner, and the
+/// joint-consensus fields only with an outgoing configuration.
+fn check_conf_state(cs: &ConfState) -> Result<(), String> {
+    use std::collections::HashSet;
+    let set = |name: &str, ids: &[u64]| {
+        let s: HashSet<u64> = ids.iter().copied().collect();
+        if s.len() == ids.len() {
+            Ok(s)
+        } else {
+            Err(format!("{name} lists a member twice"))
+        }
+    };
+    let voters = set("voters", cs.get_voters())?;
+    let learners = set("learners", cs.get_learners())?;
+    let outgoing = set("outgoing voters", cs.get_voters_outgoing())?;
+    let next = set("next learners", cs.get_learners_next())?;
+    if outgoing.is_empty() && (cs.auto_leave || !next.is_empty()) {
+        return Err("joint-consensus fields without an outgoing configuration".into());
+    }
+    if !learners.is_disjoint(&voters) || !learners.is_disjoint(&outgoing) {
+        return Err("a member is both a voter and a learner".into());
+    }
+    if !next.is_disjoint(&learners)
+        || next
+            .iter()
+            .any(|n| voters.contains(n) || !outgoing.contains(n))
+    {
+        return Err("a next learner is not an outgoing voter only".into());
+    }
+    Ok(())
+}
+
 fn parse<M: protobuf::Message>(raw: Option<fjall::Slice>) -> Result<Option<M>, String> {
     raw.map(|v| M::parse_from_bytes(&v).map_err(|e| e.to_string()))
         .transpose()
@@ -403,6 +464,7 @@ impl FjallLogStore {
         let conf_state: ConfState = parse(get(CONF_STATE)?)
             .map_err(|e| corrupt(0, format!("conf state: {e}")))?
             .unwrap_or_default();
+        check_conf_state(&conf_state).map_err(|e| corrupt(0, format!("conf state: {e}")))?;
         let (compact_index, compact_term) = match get(COMPACTED)? {
             None => (0, 0),
             Some(v) if v.len() == 16 => (
@@ -411,6 +473,10 @@ impl FjallLogStore {
             ),
             Some(_) => return Err(corrupt(0, "compaction record is malformed".into())),
         };
+        if compact_index == u64::MAX {
+            // No entry can follow it: the record is garbage, not a log.
+            return Err(corrupt(0, "compaction record is out of range".into()));
+        }
         let mut terms = VecDeque::new();
         let mut torn: Option<u64> = None;
         let start = (compact_index + 1).to_be_bytes();
@@ -433,6 +499,11 @@ impl FjallLogStore {
                 ));
             }
             match decode_entry(&v) {
+                // An entry stored under another entry's index would be
+                // handed to raft as the wrong one.
+                Ok(e) if e.index != index => {
+                    return Err(corrupt(index, format!("holds entry {}", e.index)));
+                }
                 Ok(e) => terms.push_back(e.term),
                 Err(_) => torn = Some(index),
             }
@@ -458,6 +529,16 @@ impl FjallLogStore {
                 "lowering the commit index to the log's end"
             );
             hard_state.commit = last;
+        }
+        if hard_state.commit < compact_index {
+            // Compaction only removes applied, hence committed, entries; a
+            // hard state behind it (raft would refuse to load it) is stale.
+            tracing::warn!(
+                commit = hard_state.commit,
+                compact_index,
+                "raising the commit index to the compacted index"
+            );
+            hard_state.commit = compact_index;
         }
         Ok(FjallLogStore {
             shared,
@@ -680,6 +761,9 @@ impl LogStore for FjallLogStore {
         Ok(())
     }
 }
+
+pub mod fuzzing;
+pub mod journal;
 
 #[cfg(test)]
 mod tests;

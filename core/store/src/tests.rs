@@ -178,3 +178,106 @@ fn refuses_foreign_directories_and_keeps_meta() {
         Err(StoreError::Format { .. })
     ));
 }
+
+/// The newest journal of a closed data directory, and its bytes.
+fn newest_journal(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let path = std::fs::read_dir(dir.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max_by_key(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .expect("a journal");
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// A directory whose journal holds entries 1..=6 (one batch each) and
+/// the byte position of `needle` inside the batch of entry 3.
+fn journal_with_entries() -> (tempfile::TempDir, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = db.raft_log();
+        for i in 1..=6 {
+            let mut hs = HardState::default();
+            hs.commit = i;
+            let data = format!("payload-of-entry-{i}");
+            log.append(&[entry(i, 1, data.as_bytes())], Some(&hs), true)
+                .unwrap();
+        }
+    }
+    let (_, bytes) = newest_journal(dir.path());
+    let at = bytes
+        .windows(18)
+        .position(|w| w == b"payload-of-entry-3")
+        .expect("entry 3 in the journal");
+    (dir, at)
+}
+
+#[test]
+fn journal_layout_is_read_as_fjall_writes_it() {
+    let (dir, at) = journal_with_entries();
+    let (_, bytes) = newest_journal(dir.path());
+    let batches = journal::batches(&bytes);
+    assert!(batches.len() >= 6, "{} batches", batches.len());
+    assert!(batches.iter().any(|b| b.range.contains(&at)));
+    assert!(journal::check(&dir.path().join("db")).unwrap().is_ok());
+}
+
+#[test]
+fn journal_torn_tail_is_repaired_by_fjall() {
+    let (dir, _) = journal_with_entries();
+    let (path, bytes) = newest_journal(dir.path());
+    let last = journal::batches(&bytes).pop().unwrap();
+    let cut = last.range.start + last.range.len() / 2;
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    let db = Db::open(dir.path()).expect("a torn tail is repaired");
+    let log = db.raft_log();
+    assert_eq!(log.last_index().unwrap(), 5, "the torn batch held entry 6");
+    assert_eq!(log.initial_state().unwrap().hard_state.commit, 5);
+}
+
+#[test]
+fn journal_damage_in_the_middle_is_refused_with_file_and_byte() {
+    // A changed byte of an entry: the batch checksum fails.
+    let (dir, at) = journal_with_entries();
+    let (path, mut bytes) = newest_journal(dir.path());
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Db::open(dir.path()).err().expect("refused").to_string();
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("fails its checksum"),
+        "{err}"
+    );
+
+    // A changed record header: fjall alone would stop reading there and
+    // drop entries 3 to 6 without a word.
+    let (dir, at) = journal_with_entries();
+    let (path, mut bytes) = newest_journal(dir.path());
+    let batch = journal::batches(&bytes)
+        .into_iter()
+        .find(|b| b.range.contains(&at))
+        .unwrap();
+    let item = batch
+        .items
+        .iter()
+        .find(|i| i.contains(&at))
+        .unwrap()
+        .clone();
+    bytes[item.start] = 0x7f; // not a record tag
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Db::open(dir.path()).err().expect("refused").to_string();
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains(&format!("byte {}", batch.range.start))
+            && err.contains("an intact batch follows"),
+        "{err}"
+    );
+}

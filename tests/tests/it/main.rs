@@ -11,6 +11,8 @@
 //! cargo build -p cairn-agent && cargo test -p cairn-tests
 //! # replay a crash round:
 //! CRASH_SEED=<seed printed by the failing run> cargo test -p cairn-tests crash
+//! # replay a torn-journal round (disk.rs; the full-disk case mounts a tmpfs: root):
+//! CRASH_SEED=<seed printed by the failing run> cargo test -p cairn-tests disk
 //! ```
 
 mod alarms;
@@ -22,6 +24,7 @@ mod config;
 mod container;
 mod crash;
 mod discovery;
+mod disk;
 mod dns_server;
 mod docs;
 mod etcdctl;
