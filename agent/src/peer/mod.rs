@@ -650,14 +650,19 @@ impl Peers {
             .insert(from, incarnation);
         if previous.is_some_and(|p| p != incarnation) {
             // The member restarted: what we hold is a connection to its
-            // previous process.
-            if let Some(c) = self.conns.lock().await.remove(&from) {
-                tracing::info!(
-                    peer = format_args!("{from:x}"),
-                    "member restarted: reconnecting to it"
-                );
-                c.close(0u32.into(), b"peer restarted");
-            }
+            // previous process. Dropped from a task of its own: the
+            // connection table stays locked while another member is dialed,
+            // and this stream's messages must not wait for that.
+            let conns = self.conns.clone();
+            tokio::spawn(async move {
+                if let Some(c) = conns.lock().await.remove(&from) {
+                    tracing::info!(
+                        peer = format_args!("{from:x}"),
+                        "member restarted: reconnecting to it"
+                    );
+                    c.close(0u32.into(), b"peer restarted");
+                }
+            });
         }
         Ok((kind, from))
     }

@@ -268,10 +268,22 @@ async fn check_acks(c: &Cluster, i: usize, acks: &Acks) {
     revs.dedup();
     assert_eq!(revs.len(), before, "a revision was acknowledged twice");
     let mut cl = c.client(i).await;
-    let r = cl
-        .get("load/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    // Right after a restart or a leader hand-over a linearizable read can
+    // fail with a transient "leader changed" or "no leader" (etcd's too);
+    // clients retry it.
+    let r = cairn_tests::eventually(
+        "a linearizable read of every write",
+        Duration::from_secs(30),
+        || {
+            let mut cl = cl.clone();
+            async move {
+                cl.get("load/", Some(GetOptions::new().with_prefix()))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
     let stored: HashMap<String, (String, i64)> = r
         .kvs()
         .iter()
