@@ -267,7 +267,7 @@ async fn check_acks(c: &Cluster, i: usize, acks: &Acks) {
     let before = revs.len();
     revs.dedup();
     assert_eq!(revs.len(), before, "a revision was acknowledged twice");
-    let mut cl = c.client(i).await;
+    let cl = c.client(i).await;
     // Right after a restart or a leader hand-over a linearizable read can
     // fail with a transient "leader changed" or "no leader" (etcd's too);
     // clients retry it.
