@@ -130,20 +130,6 @@ fn hello(kind: u8, cluster: u64, from: u64, to: u64, incarnation: u64) -> Vec<u8
     b
 }
 
-/// A number that differs between two starts of this process.
-fn new_incarnation() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 fn frame(out: &mut Vec<u8>, body: &[u8]) {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(body);
@@ -221,7 +207,7 @@ impl Peers {
             removed: RwLock::new(Default::default()),
             max_snapshot_bytes,
             we_are_removed: tokio::sync::watch::channel(false).0,
-            incarnation: new_incarnation(),
+            incarnation: u64::from_be_bytes(cairn_raft::boot_nonce()),
             incarnations: Mutex::new(HashMap::new()),
         }))
     }

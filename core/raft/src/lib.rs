@@ -21,7 +21,7 @@ pub mod planted;
 
 pub use manual::{Answer, ManualNode};
 pub use mem::MemLogStore;
-pub use node::{Node, StartError, write_bootstrap};
+pub use node::{Node, StartError, boot_nonce, write_bootstrap};
 
 pub use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MessageType, Snapshot,

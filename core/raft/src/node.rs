@@ -258,9 +258,11 @@ impl<O: Send + 'static> Node<O> {
     }
 }
 
-/// Distinguishes this process's proposals from entries proposed before a
-/// restart that are replayed from the log.
-fn boot_nonce() -> [u8; 8] {
+/// Differs between two starts of a process. Distinguishes this process's
+/// proposals from entries proposed before a restart that are replayed from
+/// the log (and, in the agent's peer transport, one incarnation of a member
+/// from the next).
+pub fn boot_nonce() -> [u8; 8] {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
