@@ -381,6 +381,46 @@ impl Subject {
     }
 
     /// SIGKILL, then reap.
+    /// Puts from `writers` concurrent clients under `prefix` (keys
+    /// `{prefix}{writer}/{n:06}`) until the agent is killed with SIGKILL
+    /// `after` into the run; returns (key, value, revision) of every
+    /// acknowledged put.
+    pub async fn puts_until_kill9(
+        &mut self,
+        writers: usize,
+        prefix: &str,
+        after: Duration,
+    ) -> Vec<(String, String, i64)> {
+        let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let mut client = self.client().await;
+            let acks = acks.clone();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..u64::MAX {
+                    let key = format!("{prefix}{w}/{i:06}");
+                    let value = format!("{prefix}w{w}i{i}");
+                    let put = client.put(key.clone(), value.clone(), None);
+                    match tokio::time::timeout(Duration::from_secs(10), put).await {
+                        Ok(Ok(resp)) => {
+                            let rev = resp.header().unwrap().revision();
+                            acks.lock().unwrap().push((key, value, rev));
+                        }
+                        // The server is gone: stop writing.
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(after).await;
+        self.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *acks.lock().unwrap())
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -500,7 +500,6 @@ impl Sim {
     /// Removes a member (not the last voters' quorum) and adds a new one
     /// as a learner; the learner is promoted once it caught up.
     fn member_change(&mut self) -> Result<(), String> {
-        let now = self.instant();
         let leader = self
             .slots
             .iter()
@@ -516,15 +515,7 @@ impl Sim {
                 .and_then(|s| s.node.as_ref())
                 .is_some_and(|n| n.status().applied_index + 5 >= st.commit_index);
             if caught_up {
-                let cc = conf_change(l, ConfChangeType::AddNode);
-                // Its outcome shows in the configuration.
-                drop(
-                    self.slots[li]
-                        .node
-                        .as_mut()
-                        .expect("leader")
-                        .propose_conf_change(cc, now),
-                );
+                self.propose_conf_change(li, conf_change(l, ConfChangeType::AddNode));
                 self.count("learner promoted");
             }
             return Ok(());
@@ -535,8 +526,7 @@ impl Sim {
         // Remove a follower, add a fresh node as a learner.
         let followers: Vec<u64> = st.voters.iter().copied().filter(|&v| v != st.id).collect();
         let gone = followers[self.rng.random_range(0..followers.len())];
-        let node = self.slots[li].node.as_mut().expect("leader");
-        drop(node.propose_conf_change(conf_change(gone, ConfChangeType::RemoveNode), now));
+        self.propose_conf_change(li, conf_change(gone, ConfChangeType::RemoveNode));
         let id = self.next_id;
         self.next_id += 1;
         // The add goes in once the removal applied (one change at a time):
@@ -703,6 +693,15 @@ impl Sim {
         Ok(())
     }
 
+    /// Proposes a membership change on the leader at slot `li`; its outcome
+    /// shows in the configuration, so the answer is not awaited.
+    fn propose_conf_change(&mut self, li: usize, cc: ConfChange) {
+        let now = self.instant();
+        if let Some(n) = self.slots[li].node.as_mut() {
+            drop(n.propose_conf_change(cc, now));
+        }
+    }
+
     fn leader(&self) -> Option<usize> {
         self.slots
             .iter()
@@ -726,15 +725,7 @@ impl Sim {
         if let Some((gone, new, _)) = self.pending_add
             && !in_conf(gone)
         {
-            let now = self.instant();
-            let cc = conf_change(new, ConfChangeType::AddLearnerNode);
-            drop(
-                self.slots[li]
-                    .node
-                    .as_mut()
-                    .expect("leader")
-                    .propose_conf_change(cc, now),
-            );
+            self.propose_conf_change(li, conf_change(new, ConfChangeType::AddLearnerNode));
             self.slots.push(Slot {
                 id: new,
                 disk: Arc::new(Mutex::new(Journal::default())),

@@ -206,6 +206,29 @@ fn voters(s: &mut Scope, net: &str, names: &[&str]) -> (Vec<String>, Vec<u16>) {
 }
 
 /// A client of the agent whose client port is published on `port`.
+/// A client of the proxy on host port `proxy`, once a put goes through it
+/// and the member list it forwards names `learner` as a learner.
+async fn proxy_with_learner(proxy: u16, learner: &str) -> etcd_client::Client {
+    let proxy_client = eventually("the proxy forwards", LIMIT, || async {
+        let mut c = client_at(proxy).await?;
+        c.put("via-proxy", "1", None).await.ok()?;
+        Some(c)
+    })
+    .await;
+    eventually("the learner listed", LIMIT, || {
+        let mut c = proxy_client.clone();
+        async move {
+            let list = c.member_list().await.ok()?;
+            list.members()
+                .iter()
+                .any(|m| m.name() == learner && m.is_learner())
+                .then_some(())
+        }
+    })
+    .await;
+    proxy_client
+}
+
 async fn client_at(port: u16) -> Option<etcd_client::Client> {
     let ep = format!("http://127.0.0.1:{port}");
     etcd_client::Client::connect(
@@ -367,23 +390,7 @@ async fn srv_bootstrapped_containers_survive_the_leader_cut_off_the_network() {
     let mut proxy_flags = srv.to_vec();
     proxy_flags.extend(["--role", "proxy"]);
     let (_, proxy) = agent_with(&mut s, &net, "proxy0", &resolver, &proxy_flags);
-    let mut proxy_client = eventually("the proxy forwards", LIMIT, || async {
-        let mut c = client_at(proxy).await?;
-        c.put("via-proxy", "1", None).await.ok()?;
-        Some(c)
-    })
-    .await;
-    eventually("the learner listed", LIMIT, || {
-        let mut c = proxy_client.clone();
-        async move {
-            let list = c.member_list().await.ok()?;
-            list.members()
-                .iter()
-                .any(|m| m.name() == "learner0" && m.is_learner())
-                .then_some(())
-        }
-    })
-    .await;
+    let mut proxy_client = proxy_with_learner(proxy, "learner0").await;
 
     let mut acked = vec!["via-proxy".to_string()];
     for k in 0..50 {
@@ -513,23 +520,7 @@ async fn a_learner_a_proxy_and_a_rolling_restart_in_containers() {
         "rproxy",
         &["--role", "proxy", "--endpoints", &endpoints],
     );
-    let proxy_client = eventually("the proxy forwards", LIMIT, || async {
-        let mut c = client_at(proxy).await?;
-        c.put("via-proxy", "1", None).await.ok()?;
-        Some(c)
-    })
-    .await;
-    eventually("the learner listed", LIMIT, || {
-        let mut c = proxy_client.clone();
-        async move {
-            let list = c.member_list().await.ok()?;
-            list.members()
-                .iter()
-                .any(|m| m.name() == "rlearner" && m.is_learner())
-                .then_some(())
-        }
-    })
-    .await;
+    let proxy_client = proxy_with_learner(proxy, "rlearner").await;
 
     // A writer through the proxy for the whole rolling restart; it keeps
     // the keys whose put was acknowledged.

@@ -1,6 +1,5 @@
 //! kill -9 and restart: acknowledged writes survive, revisions never go back.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_tests::Subject;
@@ -9,9 +8,6 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const WRITERS: usize = 8;
 const ROUNDS: usize = 3;
-
-/// (key, value, revision) of every acknowledged put.
-type Acks = Arc<Mutex<Vec<(String, String, i64)>>>;
 
 fn seed() -> u64 {
     match std::env::var("CRASH_SEED") {
@@ -32,34 +28,14 @@ async fn acknowledged_writes_survive_kill9() {
     let mut highest_ack = 1;
 
     for round in 0..ROUNDS {
-        let acks: Acks = Arc::default();
-        let mut writers = Vec::new();
-        for w in 0..WRITERS {
-            let mut client = s.client().await;
-            let acks = acks.clone();
-            writers.push(tokio::spawn(async move {
-                for i in 0..100_000u64 {
-                    let key = format!("crash/{round}/{w}/{i:06}");
-                    let value = format!("r{round}w{w}i{i}");
-                    let put = client.put(key.clone(), value.clone(), None);
-                    match tokio::time::timeout(Duration::from_secs(10), put).await {
-                        Ok(Ok(resp)) => {
-                            let rev = resp.header().unwrap().revision();
-                            acks.lock().unwrap().push((key, value, rev));
-                        }
-                        // The server is gone: stop writing.
-                        _ => return,
-                    }
-                }
-            }));
-        }
         let delay = rng.random_range(100..1200);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        s.kill9();
-        for w in writers {
-            w.await.unwrap();
-        }
-        let acks = std::mem::take(&mut *acks.lock().unwrap());
+        let acks = s
+            .puts_until_kill9(
+                WRITERS,
+                &format!("crash/{round}/"),
+                Duration::from_millis(delay),
+            )
+            .await;
         eprintln!(
             "round {round}: killed after {delay} ms with {} acknowledged puts",
             acks.len()

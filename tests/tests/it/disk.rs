@@ -71,39 +71,20 @@ fn newest_journal(data_dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-/// Puts from four writers until the agent is killed `after` into the run;
-/// returns (key, value, revision) of every acknowledged put.
-async fn write_until_killed(
-    s: &mut Subject,
-    round: usize,
-    after: Duration,
-) -> Vec<(String, String, i64)> {
-    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let mut client = s.client().await;
-        let acks = acks.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0..1_000_000u64 {
-                let key = format!("torn/{round}/{w}/{i:06}");
-                let value = format!("r{round}w{w}i{i}");
-                let put = client.put(key.clone(), value.clone(), None);
-                match tokio::time::timeout(Duration::from_secs(10), put).await {
-                    Ok(Ok(resp)) => {
-                        let rev = resp.header().unwrap().revision();
-                        acks.lock().unwrap().push((key, value, rev));
-                    }
-                    _ => return,
-                }
-            }
-        }));
+/// The agent refuses to start on the damaged journal `path`, naming it,
+/// the byte where the damaged batch starts, and `why`.
+async fn refused(s: &mut Subject, path: &std::path::Path, byte: usize, why: &str) {
+    let (status, out) = s.restart_expecting_exit(Duration::from_secs(60)).await;
+    let status = status.unwrap_or_else(|| panic!("started on a damaged journal:\n{out}"));
+    assert!(!status.success(), "{status}\n{out}");
+    for want in [
+        path.display().to_string(),
+        format!("byte {byte}"),
+        why.to_string(),
+        "refusing to start".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in:\n{out}");
     }
-    tokio::time::sleep(after).await;
-    s.kill9();
-    for w in writers {
-        w.await.unwrap();
-    }
-    std::mem::take(&mut *acks.lock().unwrap())
 }
 
 /// Every acknowledged put is there with its value and revision.
@@ -146,7 +127,9 @@ async fn torn_journal_tail_is_repaired_at_restart() {
     let mut highest = 1;
     for round in 0..3 {
         let after = Duration::from_millis(rng.random_range(100..800));
-        let acks = write_until_killed(&mut s, round, after).await;
+        let acks = s
+            .puts_until_kill9(4, &format!("torn/{round}/"), after)
+            .await;
         assert!(
             !acks.is_empty(),
             "no write was acknowledged before the kill"
@@ -237,34 +220,20 @@ async fn damaged_journal_middle_is_refused_naming_file_and_byte() {
     let mut bytes = original.clone();
     bytes[at + 3] ^= 0x20;
     std::fs::write(&path, &bytes).unwrap();
-    let (status, out) = s.restart_expecting_exit(Duration::from_secs(60)).await;
-    let status = status.unwrap_or_else(|| panic!("started on a damaged journal:\n{out}"));
-    assert!(!status.success(), "{status}\n{out}");
-    for want in [
-        path.display().to_string(),
-        format!("byte {}", batch.range.start),
-        "a batch fails its checksum".into(),
-        "refusing to start".into(),
-    ] {
-        assert!(out.contains(&want), "{want:?} not in:\n{out}");
-    }
+    refused(
+        &mut s,
+        &path,
+        batch.range.start,
+        "a batch fails its checksum",
+    )
+    .await;
 
     // One byte of the record's header (its tag): fjall alone would stop
     // reading there and drop this entry and the twenty after it.
     let mut bytes = original.clone();
     bytes[item.start] = 0x7f;
     std::fs::write(&path, &bytes).unwrap();
-    let (status, out) = s.restart_expecting_exit(Duration::from_secs(60)).await;
-    let status = status.unwrap_or_else(|| panic!("started on a damaged journal:\n{out}"));
-    assert!(!status.success(), "{status}\n{out}");
-    for want in [
-        path.display().to_string(),
-        format!("byte {}", batch.range.start),
-        "an intact batch follows".into(),
-        "refusing to start".into(),
-    ] {
-        assert!(out.contains(&want), "{want:?} not in:\n{out}");
-    }
+    refused(&mut s, &path, batch.range.start, "an intact batch follows").await;
 
     // Refusing changed nothing: with the byte back, everything is there.
     std::fs::write(&path, &original).unwrap();
