@@ -665,7 +665,20 @@ async fn etcdctl_v2_commands() {
 #[tokio::test]
 async fn members_and_stats() {
     let (s, v2) = start().await;
-    let m = v2.get("/v2/members").json();
+    // A member publishes its client URLs through the log once it serves
+    // (etcd's too): until then the list shows none.
+    let m = cairn_tests::eventually(
+        "the member's client URLs published",
+        Duration::from_secs(10),
+        || {
+            let m = v2.get("/v2/members").json();
+            let published = m["members"][0]["clientURLs"]
+                .as_array()
+                .is_some_and(|u| !u.is_empty());
+            async move { published.then_some(m) }
+        },
+    )
+    .await;
     let ms = m["members"].as_array().unwrap();
     assert_eq!(ms.len(), 1, "{m}");
     let me = &ms[0];
