@@ -15,6 +15,9 @@ use cairn_agent::server::{NodeSettings, Server};
 use cairn_agent::{api, serve};
 use tokio::net::TcpListener;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("snapshot") {

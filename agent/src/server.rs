@@ -970,6 +970,18 @@ fn spawn_compactor(
         .expect("spawn compactor thread");
 }
 
+/// Key commands applied as one store write (a run of committed entries
+/// longer than this is split).
+const MAX_APPLY_RUN: usize = 256;
+
+fn decode_command(index: u64, data: &[u8]) -> Command {
+    Command::decode(data).unwrap_or_else(|e| {
+        fatal(format!(
+            "raft entry {index} does not decode as a command: {e}"
+        ))
+    })
+}
+
 /// Applies committed entries on the raft driver thread, in log order, and
 /// hands their side effects (events, lease deadlines, compaction) to the
 /// runtime.
@@ -1002,34 +1014,9 @@ impl Applier {
         }
     }
 
-    fn restore_file(&mut self, path: &std::path::Path) -> Result<(), String> {
-        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.db
-            .put_meta(RESTORING, path.to_string_lossy().as_bytes())
-            .map_err(|e| e.to_string())?;
-        self.mvcc
-            .restore(std::io::BufReader::new(f))
-            .map_err(|e| format!("restoring {}: {e}", path.display()))?;
-        self.db.delete_meta(RESTORING).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(path);
-        Ok(())
-    }
-}
-
-impl StateMachine for Applier {
-    type Output = Applied;
-
-    fn apply(&mut self, index: u64, _term: u64, data: &[u8]) -> Applied {
-        let cmd = match Command::decode(data) {
-            Ok(c) => c,
-            Err(e) => fatal(format!(
-                "raft entry {index} does not decode as a command: {e}"
-            )),
-        };
-        let mut applied = match self.mvcc.apply(index, &cmd) {
-            Ok(a) => a,
-            Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),
-        };
+    /// What follows a command's application: metrics, watch events,
+    /// lease deadlines, compaction, membership, tokens, the space quota.
+    fn after_apply(&mut self, cmd: &Command, mut applied: Applied) -> Applied {
         self.metrics.applied.inc();
         if !applied.events.is_empty() {
             self.prefix_stats.applied(applied.revision, &applied.events);
@@ -1078,6 +1065,74 @@ impl StateMachine for Applier {
             let _ = self.nospace.send(());
         }
         applied
+    }
+
+    fn restore_file(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.db
+            .put_meta(RESTORING, path.to_string_lossy().as_bytes())
+            .map_err(|e| e.to_string())?;
+        self.mvcc
+            .restore(std::io::BufReader::new(f))
+            .map_err(|e| format!("restoring {}: {e}", path.display()))?;
+        self.db.delete_meta(RESTORING).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+}
+
+impl StateMachine for Applier {
+    type Output = Applied;
+
+    fn apply(&mut self, index: u64, _term: u64, data: &[u8]) -> Applied {
+        let cmd = decode_command(index, data);
+        let applied = match self.mvcc.apply(index, &cmd) {
+            Ok(a) => a,
+            Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),
+        };
+        self.after_apply(&cmd, applied)
+    }
+
+    fn apply_batch(&mut self, entries: &[(u64, u64, &[u8])]) -> Vec<Applied> {
+        let cmds: Vec<(u64, Command)> = entries
+            .iter()
+            .map(|&(index, _, data)| (index, decode_command(index, data)))
+            .collect();
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut rest = &cmds[..];
+        while let Some((index, cmd)) = rest.first() {
+            // Key commands go to the store as one write, at most
+            // MAX_APPLY_RUN of them; anything else alone.
+            let n = rest
+                .iter()
+                .take(MAX_APPLY_RUN)
+                .take_while(|(_, c)| Mvcc::<FjallBackend>::batchable(c))
+                .count();
+            if n == 0 {
+                let applied = match self.mvcc.apply(*index, cmd) {
+                    Ok(a) => a,
+                    Err(e) => fatal(format!("applying raft entry {index} failed: {e}")),
+                };
+                out.push(self.after_apply(cmd, applied));
+                rest = &rest[1..];
+                continue;
+            }
+            let (run, tail) = rest.split_at(n);
+            let refs: Vec<(u64, &Command)> = run.iter().map(|(i, c)| (*i, c)).collect();
+            let applied = match self.mvcc.apply_many(&refs) {
+                Ok(a) => a,
+                Err(e) => fatal(format!(
+                    "applying raft entries {}..={} failed: {e}",
+                    run[0].0,
+                    run[n - 1].0
+                )),
+            };
+            for ((_, cmd), a) in run.iter().zip(applied) {
+                out.push(self.after_apply(cmd, a));
+            }
+            rest = tail;
+        }
+        out
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, _cs: &ConfState) -> Applied {

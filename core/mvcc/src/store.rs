@@ -560,19 +560,22 @@ impl<'a, S: ReadView> Txn<'a, S> {
         Ok(self.snap.get(Table::Lease, &keys::lease_key(id))?.is_some())
     }
 
+    /// etcd's `checkRequestPut`, against the state before the command.
+    fn precheck_put(&self, p: &PutRequest) -> Result<(), MvccError> {
+        if (p.ignore_value || p.ignore_lease) && self.latest(&p.key)?.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        if p.lease != 0 && !self.lease_exists(p.lease)? {
+            return Err(MvccError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
     /// etcd's `checkRequestPut` / `checkRequestRange`, against the state
     /// before the command.
     fn precheck(&self, op: &Request) -> Result<(), MvccError> {
         match op {
-            Request::RequestPut(p) => {
-                if (p.ignore_value || p.ignore_lease) && self.latest(&p.key)?.is_none() {
-                    return Err(MvccError::KeyNotFound);
-                }
-                if p.lease != 0 && !self.lease_exists(p.lease)? {
-                    return Err(MvccError::LeaseNotFound);
-                }
-                Ok(())
-            }
+            Request::RequestPut(p) => self.precheck_put(p),
             Request::RequestRange(r) => {
                 if r.revision > self.begin {
                     return Err(MvccError::FutureRevision);
@@ -1025,6 +1028,132 @@ fn lease_keys<S: ReadView>(snap: &S, id: i64) -> Result<Vec<Vec<u8>>, BackendErr
         .collect()
 }
 
+/// What a committed command changes in the store's memory besides its
+/// writes.
+struct Effects {
+    auth: Option<AuthState>,
+    alarms_changed: bool,
+    compacted: Option<i64>,
+}
+
+/// A snapshot with writes not yet committed on top: what a command applied
+/// in a batch reads (the commands before it in the batch included).
+struct Layered<'a, S: ReadView> {
+    base: &'a S,
+    /// Per table (in [`Table::ALL`] order); `None`: deleted.
+    pending: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 4],
+}
+
+impl<'a, S: ReadView> Layered<'a, S> {
+    fn new(base: &'a S) -> Self {
+        Layered {
+            base,
+            pending: Default::default(),
+        }
+    }
+
+    fn slot(t: Table) -> usize {
+        Table::ALL.iter().position(|x| *x == t).expect("listed")
+    }
+
+    /// Adds a command's writes (later writes of a key replace earlier ones).
+    fn absorb(&mut self, batch: Batch) {
+        for (t, k, v) in batch.ops {
+            self.pending[Self::slot(t)].insert(k, v);
+        }
+    }
+
+    /// Every pending write, each key once.
+    fn into_batch(self) -> Batch {
+        let mut b = Batch::default();
+        for (t, writes) in Table::ALL.into_iter().zip(self.pending) {
+            for (k, v) in writes {
+                b.ops.push((t, k, v));
+            }
+        }
+        b
+    }
+}
+
+impl<S: ReadView> ReadView for Layered<'_, S> {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        match self.pending[Self::slot(t)].get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(t, key),
+        }
+    }
+
+    fn scan<'b>(
+        &'b self,
+        t: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+    ) -> crate::backend::ScanIter<'b> {
+        use std::ops::Bound;
+        let base = self.base.scan(t, start, end, reverse);
+        if end.is_some_and(|e| e <= start) {
+            return base;
+        }
+        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = self.pending[Self::slot(t)].range::<[u8], _>((Bound::Included(start), hi));
+        let mine: Vec<(&'b [u8], &'b Option<Vec<u8>>)> = if reverse {
+            range.rev().map(|(k, v)| (k.as_slice(), v)).collect()
+        } else {
+            range.map(|(k, v)| (k.as_slice(), v)).collect()
+        };
+        if mine.is_empty() {
+            return base;
+        }
+        Box::new(Merged {
+            base: base.peekable(),
+            mine: mine.into_iter().peekable(),
+            reverse,
+        })
+    }
+}
+
+/// A base scan with pending writes merged in, in the scan's order.
+struct Merged<'b, I: Iterator> {
+    base: std::iter::Peekable<I>,
+    mine: std::iter::Peekable<std::vec::IntoIter<(&'b [u8], &'b Option<Vec<u8>>)>>,
+    reverse: bool,
+}
+
+impl<'b, I> Iterator for Merged<'b, I>
+where
+    I: Iterator<Item = Result<crate::backend::KvPair, BackendError>>,
+{
+    type Item = Result<crate::backend::KvPair, BackendError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering as O;
+        loop {
+            let order = match (self.base.peek(), self.mine.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(_), None) => return self.base.next(),
+                (None, Some(_)) => O::Greater,
+                (Some(Ok((bk, _))), Some((mk, _))) => {
+                    let o = bk.as_slice().cmp(mk);
+                    if self.reverse { o.reverse() } else { o }
+                }
+            };
+            match order {
+                O::Less => return self.base.next(),
+                O::Equal | O::Greater => {
+                    if order == O::Equal {
+                        self.base.next();
+                    }
+                    let (k, v) = self.mine.next().expect("peeked");
+                    if let Some(v) = v {
+                        return Some(Ok((k.to_vec(), v.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
 // === impl Mvcc ===
 
 impl<B: Backend> Mvcc<B> {
@@ -1103,8 +1232,63 @@ impl<B: Backend> Mvcc<B> {
     /// `Err` only for storage failures (fatal).
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<Applied, BackendError> {
         let snap = self.backend.snapshot();
-        let begin = self.current_revision();
-        let mut txn = Txn::new(&snap, begin, self.compact_revision());
+        let (applied, batch, effects) =
+            self.apply_on(&snap, self.current_revision(), index, cmd)?;
+        self.commit_applied(batch, index)?;
+        self.take_effects(effects)?;
+        self.current.store(applied.revision, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Whether [`Mvcc::apply_many`] takes this command: one that changes
+    /// only keys and their revisions (put, delete, txn), nothing that later
+    /// commands read from the store's memory (auth, alarms, compaction,
+    /// leases, membership).
+    pub fn batchable(cmd: &Command) -> bool {
+        matches!(cmd.op, Some(Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_)))
+    }
+
+    /// Applies consecutive committed commands, all [`Mvcc::batchable`], as
+    /// one atomic write together with the last one's index: each sees the
+    /// ones before it (through the batch not yet written), and readers see
+    /// none of them until all are in. The same results, revisions and
+    /// events as applying them one by one; one storage commit instead of
+    /// one per command. Called by one thread in log order.
+    pub fn apply_many(&self, cmds: &[(u64, &Command)]) -> Result<Vec<Applied>, BackendError> {
+        let Some(&(last, _)) = cmds.last() else {
+            return Ok(Vec::new());
+        };
+        let snap = self.backend.snapshot();
+        let mut view = Layered::new(&snap);
+        let mut revision = self.current_revision();
+        let mut out = Vec::with_capacity(cmds.len());
+        for (index, cmd) in cmds {
+            assert!(
+                Self::batchable(cmd),
+                "apply_many takes key commands only (entry {index})"
+            );
+            let (applied, batch, effects) = self.apply_on(&view, revision, *index, cmd)?;
+            debug_assert!(effects.is_none(), "key commands have no store-wide effects");
+            view.absorb(batch);
+            revision = applied.revision;
+            out.push(applied);
+        }
+        self.commit_applied(view.into_batch(), last)?;
+        self.current.store(revision, Ordering::Release);
+        Ok(out)
+    }
+
+    /// One command against `view` at revision `begin`: its result, the
+    /// writes it makes and what changes in memory once they are committed.
+    fn apply_on<V: ReadView>(
+        &self,
+        view: &V,
+        begin: i64,
+        index: u64,
+        cmd: &Command,
+    ) -> Result<(Applied, Batch, Option<Effects>), BackendError> {
+        let snap = view;
+        let mut txn = Txn::new(snap, begin, self.compact_revision());
         let mut member_writes = Vec::new();
         let auth = self.auth();
         let caller = AuthInfo {
@@ -1119,7 +1303,7 @@ impl<B: Backend> Mvcc<B> {
             .as_ref()
             .and_then(|op| crate::alarm::refuses(&self.alarms(), op))
             .map(Err)
-            .unwrap_or_else(|| check_permissions(&auth, &caller, &snap, cmd.op.as_ref()));
+            .unwrap_or_else(|| check_permissions(&auth, &caller, snap, cmd.op.as_ref()));
         let result = match refused {
             Err(e) => Err(e),
             Ok(()) => match &cmd.op {
@@ -1129,7 +1313,7 @@ impl<B: Backend> Mvcc<B> {
                     Ok(Response::Alarm(crate::alarm::response(changed)))
                 }
                 Some(Op::Put(p)) => txn
-                    .precheck(&Request::RequestPut(p.clone()))
+                    .precheck_put(p)
                     .and_then(|()| txn.put(p))
                     .map(Response::Put),
                 Some(Op::DeleteRange(d)) => txn.delete(d).map(Response::DeleteRange),
@@ -1145,7 +1329,7 @@ impl<B: Backend> Mvcc<B> {
                     | Op::MemberRemove(_)
                     | Op::MemberAttributes(_)
                     | Op::MemberPeerUrls(_),
-                ) => member_change(&snap, cmd.op.as_ref().expect("matched"))
+                ) => member_change(snap, cmd.op.as_ref().expect("matched"))
                     .map(|w| {
                         member_writes = w;
                         Response::Member
@@ -1177,7 +1361,7 @@ impl<B: Backend> Mvcc<B> {
             txn.into_batch(&mut batch)
         } else {
             // A refused command changes nothing but the applied index.
-            Txn::new(&snap, begin, 0).into_batch(&mut batch)
+            Txn::new(snap, begin, 0).into_batch(&mut batch)
         };
         for (k, v) in member_writes {
             match v {
@@ -1186,27 +1370,41 @@ impl<B: Backend> Mvcc<B> {
             }
         }
         let alarm_changed = matches!(cmd.op, Some(Op::Alarm(_))) && !batch.is_empty();
-        self.commit_applied(batch, index)?;
-        if let Some(a) = new_auth {
+        let effects = (new_auth.is_some() || alarm_changed || outcome.compacted.is_some())
+            .then_some(Effects {
+                auth: new_auth,
+                alarms_changed: alarm_changed,
+                compacted: outcome.compacted,
+            });
+        Ok((
+            Applied {
+                result,
+                revision: outcome.revision,
+                events: outcome.events,
+                leases_granted: outcome.leases_granted,
+                leases_revoked: outcome.leases_revoked,
+                leases_checkpointed: outcome.leases_checkpointed,
+                compacted: outcome.compacted,
+            },
+            batch,
+            effects,
+        ))
+    }
+
+    /// What a committed command changes in the store's memory.
+    fn take_effects(&self, effects: Option<Effects>) -> Result<(), BackendError> {
+        let Some(e) = effects else { return Ok(()) };
+        if let Some(a) = e.auth {
             *self.auth.write().expect("auth lock") = Arc::new(a);
         }
-        if alarm_changed {
+        if e.alarms_changed {
             *self.alarms.write().expect("alarms lock") =
                 crate::alarm::load(&self.backend.snapshot())?;
         }
-        if let Some(c) = outcome.compacted {
+        if let Some(c) = e.compacted {
             self.compacted.store(c, Ordering::Release);
         }
-        self.current.store(outcome.revision, Ordering::Release);
-        Ok(Applied {
-            result,
-            revision: outcome.revision,
-            events: outcome.events,
-            leases_granted: outcome.leases_granted,
-            leases_revoked: outcome.leases_revoked,
-            leases_checkpointed: outcome.leases_checkpointed,
-            compacted: outcome.compacted,
-        })
+        Ok(())
     }
 
     /// Records `index` as applied for a raft entry that carries no command.

@@ -50,6 +50,16 @@ pub trait StateMachine: Send + 'static {
     type Output: Send + 'static;
     /// Applies a committed normal entry carrying a proposal's bytes.
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Self::Output;
+    /// Applies consecutive committed normal entries (index, term, a
+    /// proposal's bytes), in log order: one output per entry, as `apply`
+    /// would give. The default applies them one by one; a state machine
+    /// can write them to its storage as one batch.
+    fn apply_batch(&mut self, entries: &[(u64, u64, &[u8])]) -> Vec<Self::Output> {
+        entries
+            .iter()
+            .map(|&(index, term, data)| self.apply(index, term, data))
+            .collect()
+    }
     /// Notes an entry with nothing to apply (a leader's no-op).
     fn apply_empty(&mut self, index: u64);
     /// Applies a committed membership change; `cs` is the configuration it

@@ -714,6 +714,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 (observe.0)(started.elapsed());
             }
         }
+        // Votes and append acknowledgements: only now that what they
+        // promise is on disk. They do not wait for this Ready's committed
+        // entries to be applied (the leader counts the acknowledgement
+        // while this member applies).
+        let msgs = rd.take_persisted_messages();
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
             if let Some(id) = self.id_of(&rs.request_ctx)
@@ -721,12 +729,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             {
                 self.reads_waiting_apply.push((rs.index, waiters));
             }
-        }
-        // Votes and append acknowledgements: only now that what they
-        // promise is on disk.
-        let msgs = rd.take_persisted_messages();
-        if !msgs.is_empty() {
-            self.transport.send(msgs);
         }
         let mut light = self.raw.advance(rd);
         if light.commit_index().is_some() {
@@ -748,9 +750,18 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        // Consecutive commands go to the state machine together (one
+        // storage write for all of them); anything else ends the run.
+        let mut run: Vec<Entry> = Vec::new();
         for e in entries {
             let ty = e.get_entry_type();
-            if e.index <= self.sm.applied_index() && !planted::on(planted::Bug::ApplyTwice) {
+            let done = e.index <= self.sm.applied_index() && !planted::on(planted::Bug::ApplyTwice);
+            if !done && ty == EntryType::EntryNormal && !e.data.is_empty() {
+                run.push(e);
+                continue;
+            }
+            self.apply_run(&mut run);
+            if done {
                 // Already in the state machine (applied before a restart, or
                 // part of a snapshot's content). Raft's configuration still
                 // has to follow the log.
@@ -762,15 +773,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 continue;
             }
             match ty {
-                EntryType::EntryNormal if e.data.is_empty() => self.sm.apply_empty(e.index),
-                EntryType::EntryNormal => {
-                    let out = self.sm.apply(e.index, e.term, &e.data);
-                    if let Some(id) = self.id_of(&e.context)
-                        && let Some(w) = self.waiters.remove(&id)
-                    {
-                        let _ = w.send(Ok(out));
-                    }
-                }
+                EntryType::EntryNormal => self.sm.apply_empty(e.index),
                 EntryType::EntryConfChange => {
                     let cc: ConfChange = parse_conf_change(&e)?;
                     self.change_conf(&cc)?;
@@ -795,7 +798,31 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             }
             self.note_applied(&e);
         }
+        self.apply_run(&mut run);
         Ok(())
+    }
+
+    /// Applies a run of commands and answers their proposers.
+    fn apply_run(&mut self, run: &mut Vec<Entry>) {
+        if run.is_empty() {
+            return;
+        }
+        let items: Vec<(u64, u64, &[u8])> = run
+            .iter()
+            .map(|e| (e.index, e.term, e.data.as_ref()))
+            .collect();
+        let outs = self.sm.apply_batch(&items);
+        assert_eq!(outs.len(), run.len(), "one output per applied entry");
+        for (e, out) in run.iter().zip(outs) {
+            if let Some(id) = self.id_of(&e.context)
+                && let Some(w) = self.waiters.remove(&id)
+            {
+                let _ = w.send(Ok(out));
+            }
+        }
+        for e in run.drain(..) {
+            self.note_applied(&e);
+        }
     }
 
     /// Raft's side of a membership change: its trackers and the stored

@@ -126,6 +126,47 @@ impl StateMachine for Machine {
         applied.result.map_err(|e| e.to_string())
     }
 
+    /// As the agent: consecutive key commands are one store write. A run
+    /// ends at every entry whose state hash is taken, so that the hash is
+    /// of the store right after that entry.
+    fn apply_batch(&mut self, entries: &[(u64, u64, &[u8])]) -> Vec<Output> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut rest = entries;
+        while let Some(&(index, term, data)) = rest.first() {
+            let cmds: Vec<Command> = rest
+                .iter()
+                .map_while(|&(i, _, d)| Command::decode(d).ok().map(|c| (i, c)))
+                .take_while(|(_, c)| Mvcc::<SimBackend>::batchable(c))
+                .scan(false, |ended, (i, c)| {
+                    (!*ended).then(|| {
+                        *ended = i.is_multiple_of(HASH_EVERY);
+                        c
+                    })
+                })
+                .collect();
+            if cmds.is_empty() {
+                out.push(self.apply(index, term, data));
+                rest = &rest[1..];
+                continue;
+            }
+            let n = cmds.len();
+            let before = self.mvcc.applied_index();
+            let refs: Vec<(u64, &Command)> =
+                rest[..n].iter().map(|e| e.0).zip(cmds.iter()).collect();
+            let applied = match self.mvcc.apply_many(&refs) {
+                Ok(a) => a,
+                Err(e) => self.fatal(format!("applying entries from {index}: {e}")),
+            };
+            for (k, (&(i, t, d), a)) in rest[..n].iter().zip(applied).enumerate() {
+                let before = if k == 0 { before } else { i - 1 };
+                self.note(i, t, hash64(d), before, Some(&a));
+                out.push(a.result.map_err(|e| e.to_string()));
+            }
+            rest = &rest[n..];
+        }
+        out
+    }
+
     fn apply_empty(&mut self, index: u64) {
         let before = self.mvcc.applied_index();
         if let Err(e) = self.mvcc.mark_applied(index) {
