@@ -1097,7 +1097,7 @@ impl<S: ReadView> ReadView for Layered<'_, S> {
         }
         let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
         let range = self.pending[Self::slot(t)].range::<[u8], _>((Bound::Included(start), hi));
-        let mine: Vec<(&'b [u8], &'b Option<Vec<u8>>)> = if reverse {
+        let mine: Vec<PendingWrite<'b>> = if reverse {
             range.rev().map(|(k, v)| (k.as_slice(), v)).collect()
         } else {
             range.map(|(k, v)| (k.as_slice(), v)).collect()
@@ -1113,10 +1113,13 @@ impl<S: ReadView> ReadView for Layered<'_, S> {
     }
 }
 
+/// A pending write as a scan meets it (`None`: a delete).
+type PendingWrite<'b> = (&'b [u8], &'b Option<Vec<u8>>);
+
 /// A base scan with pending writes merged in, in the scan's order.
 struct Merged<'b, I: Iterator> {
     base: std::iter::Peekable<I>,
-    mine: std::iter::Peekable<std::vec::IntoIter<(&'b [u8], &'b Option<Vec<u8>>)>>,
+    mine: std::iter::Peekable<std::vec::IntoIter<PendingWrite<'b>>>,
     reverse: bool,
 }
 
