@@ -14,7 +14,9 @@
 //!
 //! Each client stream has one ordered queue ([`Outbox`]) that all its
 //! groups feed. Responses (created, events, progress notifications) count
-//! against a bound; a group never waits on it: a client stream whose queue
+//! against a bound, each by its number of events (at least one): a
+//! response can carry several revisions, as etcd's and cairn's watch
+//! streams send what is pending together. A group never waits on it: a client stream whose queue
 //! is full loses the watcher the group was serving (it gets the events
 //! queued so far, then a cancel with a reason, and can watch again from
 //! the last revision it received), and the group's other clients are not
@@ -57,8 +59,8 @@ use crate::namespace::Namespace;
 use crate::upstream::Upstream;
 use crate::{BoxStream, Proxy, ProxyConfig, Stats};
 
-/// Responses queued from groups to one client stream; past this the
-/// watcher being served is cut.
+/// Events (responses without events count one) queued from groups to one
+/// client stream; past this the watcher being served is cut.
 const STREAM_QUEUE: usize = 1024;
 /// Responses handed to gRPC for one client stream (beyond the queue).
 const STREAM_SEND_QUEUE: usize = 64;
@@ -110,10 +112,16 @@ struct Sub {
     created: bool,
 }
 
+/// What a queued response counts against `STREAM_QUEUE`.
+fn weight(resp: &WatchResponse) -> usize {
+    resp.events.len().max(1)
+}
+
 /// The ordered queue from the groups to one client stream's task.
 struct Outbox {
     tx: mpsc::UnboundedSender<Msg>,
-    /// `Msg::Resp` in `tx`, bounded by `STREAM_QUEUE`.
+    /// What the `Msg::Resp` in `tx` weigh ([`weight`]), bounded by
+    /// `STREAM_QUEUE`.
     queued: AtomicUsize,
 }
 
@@ -171,14 +179,15 @@ impl Outbox {
 
     /// Queues a response for `sub`; false when the queue is full.
     fn offer(&self, sub: u64, resp: WatchResponse) -> bool {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= STREAM_QUEUE {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        let w = weight(&resp);
+        if self.queued.fetch_add(w, Ordering::Relaxed) >= STREAM_QUEUE {
+            self.queued.fetch_sub(w, Ordering::Relaxed);
             return false;
         }
         let resp = Box::new(resp);
         if self.tx.send(Msg::Resp { sub, resp }).is_err() {
             // The stream is gone; it removes its watchers as it ends.
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.fetch_sub(w, Ordering::Relaxed);
         }
         true
     }
@@ -816,7 +825,7 @@ impl ClientStream {
     async fn message(&mut self, m: Msg) -> Result<(), Gone> {
         match m {
             Msg::Resp { sub, resp } => {
-                self.out.queued.fetch_sub(1, Ordering::Relaxed);
+                self.out.queued.fetch_sub(weight(&resp), Ordering::Relaxed);
                 if self.is_mine(resp.watch_id, sub) {
                     self.client_tx.send(Ok(resp)).await.map_err(|_| Gone)?;
                 }
