@@ -229,6 +229,8 @@ struct Stats {
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
+    /// CPU time the server processes (every member) used meanwhile.
+    server_cpu: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -260,6 +262,10 @@ async fn main() -> Result<()> {
             }
             println!(
                 "# members per cluster: {members} (loopback); clients spread over their endpoints"
+            );
+            println!(
+                "# server CPU µs: user+system CPU time of every server process per request \
+                 (the load generator's own not counted)"
             );
             let want = |kind: &str| only.as_deref().is_none_or(|o| o == kind);
             if let Some(o) = &only
@@ -562,10 +568,11 @@ async fn run_subject(
             cluster.wait_ready(i).await;
         }
         let endpoints: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
+        let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
         let mut results = Vec::new();
         for w in workloads {
             eprintln!("{kind:?} x{members}: {w}");
-            results.push(Some(run_workload(w, &endpoints, load).await?));
+            results.push(Some(measured(w, &endpoints, load, &pids).await?));
         }
         return Ok(results);
     }
@@ -588,7 +595,8 @@ async fn run_subject(
                 subject = Some(Subject::start_with(options.clone()).await);
             }
             let s = subject.as_ref().unwrap();
-            run_workload(w, &[s.endpoint()], load).await?
+            let pids: Vec<u32> = s.pid().into_iter().collect();
+            measured(w, &[s.endpoint()], load, &pids).await?
         };
         results.push(Some(m));
     }
@@ -680,7 +688,33 @@ fn stats(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Stats 
         elapsed,
         p50: pick(0.50),
         p99: pick(0.99),
+        server_cpu: None,
     }
+}
+
+/// User plus system CPU time of the processes `pids`, all their threads,
+/// from `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Runs a workload and records the servers' CPU time it took.
+async fn measured(name: &str, endpoints: &[String], load: &Load, pids: &[u32]) -> Result<Measure> {
+    let before = cpu_of(pids);
+    let mut m = run_workload(name, endpoints, load).await?;
+    if let (Measure::Load(s), Some(b), Some(a)) = (&mut m, before, cpu_of(pids)) {
+        s.server_cpu = Some(a.saturating_sub(b));
+    }
+    Ok(m)
 }
 
 /// 8-byte sequential keys, like `benchmark put --key-size=8 --sequential-keys`.
@@ -912,12 +946,21 @@ fn print_table(
                 let p50: fn(&Stats) -> f64 = |s| s.p50.as_secs_f64() * 1e3;
                 let p99: fn(&Stats) -> f64 = |s| s.p99.as_secs_f64() * 1e3;
                 let errs: fn(&Stats) -> f64 = |s| s.errors as f64;
+                let cpu = |m: Option<Measure>| match m {
+                    Some(Measure::Load(s)) if s.ops > 0 => {
+                        s.server_cpu.map(|c| c.as_secs_f64() * 1e6 / s.ops as f64)
+                    }
+                    _ => None,
+                };
                 let mut rows = Vec::new();
                 if w != "watch" {
                     rows.push(("req/s", get(e, rate), get(c, rate)));
                 }
                 rows.push(("p50 ms", get(e, p50), get(c, p50)));
                 rows.push(("p99 ms", get(e, p99), get(c, p99)));
+                if w != "watch" && (cpu(e).is_some() || cpu(c).is_some()) {
+                    rows.push(("server CPU µs", cpu(e), cpu(c)));
+                }
                 let (ee, ce) = (get(e, errs), get(c, errs));
                 if ee.unwrap_or(0.0) > 0.0 || ce.unwrap_or(0.0) > 0.0 {
                     rows.push((
