@@ -38,6 +38,13 @@ const FORMAT_FILE: &str = "cairn.format";
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const BLOCK_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const FORMAT: &str = "cairn-data 1\n";
+/// Bytes of the newest raft entries kept decoded in memory (see
+/// `FjallLogStore::recent`). etcd keeps its whole uncompacted log in memory;
+/// this keeps enough for committed entries to be applied and appends for
+/// followers to be built without reading the store back.
+const RECENT_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
+/// What an entry costs in `recent` beyond its encoded size.
+const RECENT_ENTRY_OVERHEAD: u64 = 96;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -389,6 +396,14 @@ pub struct FjallLogStore {
     compact_term: u64,
     /// Terms of entries `compact_index + 1 ..`.
     terms: VecDeque<u64>,
+    /// The newest entries as they were appended, with their encoded
+    /// sizes: a suffix of the log (the last one is the log's last), at most
+    /// about `RECENT_ENTRY_BYTES`. Raft reads committed entries back to apply
+    /// them, and entries to send to followers, mostly from the tail; from
+    /// here that costs no storage read, checksum or decode. Empty after
+    /// open: what is read from disk is always checked.
+    recent: VecDeque<(Entry, u64)>,
+    recent_bytes: u64,
 }
 
 fn encode_entry(e: &Entry) -> Vec<u8> {
@@ -547,7 +562,48 @@ impl FjallLogStore {
             compact_index,
             compact_term,
             terms,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         })
+    }
+
+    /// Index of the first entry in `recent` (`u64::MAX` when it is empty).
+    fn recent_first(&self) -> u64 {
+        self.recent.front().map_or(u64::MAX, |(e, _)| e.index)
+    }
+
+    /// Keeps `entries`, just stored from `first` on, as the new tail of
+    /// `recent`, replacing what they replaced in the log.
+    fn remember(&mut self, first: u64, entries: &[&Entry], sizes: &[u64]) {
+        while self.recent.back().is_some_and(|(e, _)| e.index >= first) {
+            let (_, size) = self.recent.pop_back().expect("checked");
+            self.recent_bytes -= size + RECENT_ENTRY_OVERHEAD;
+        }
+        if self
+            .recent
+            .back()
+            .is_some_and(|(e, _)| e.index + 1 != first)
+        {
+            self.forget_recent();
+        }
+        for (e, size) in entries.iter().zip(sizes) {
+            self.recent.push_back(((*e).clone(), *size));
+            self.recent_bytes += size + RECENT_ENTRY_OVERHEAD;
+        }
+        while self.recent_bytes > RECENT_ENTRY_BYTES {
+            self.drop_oldest_recent();
+        }
+    }
+
+    fn drop_oldest_recent(&mut self) {
+        if let Some((_, size)) = self.recent.pop_front() {
+            self.recent_bytes -= size + RECENT_ENTRY_OVERHEAD;
+        }
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent.clear();
+        self.recent_bytes = 0;
     }
 
     fn last(&self) -> u64 {
@@ -598,9 +654,18 @@ impl Storage for FjallLogStore {
         let max = max_size.into();
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
+        let cached = self.recent_first();
         for index in low..high {
-            let e = self.read_entry(index)?;
-            size += protobuf::Message::compute_size(&e) as u64;
+            let (e, entry_size) = if index >= cached {
+                // `high <= last + 1` and `recent` ends at the last entry.
+                let (e, s) = &self.recent[(index - cached) as usize];
+                (e.clone(), *s)
+            } else {
+                let e = self.read_entry(index)?;
+                let s = protobuf::Message::compute_size(&e) as u64;
+                (e, s)
+            };
+            size += entry_size;
             if !out.is_empty() && max.is_some_and(|m| size > m) {
                 break;
             }
@@ -654,6 +719,7 @@ impl LogStore for FjallLogStore {
             .filter(|e| e.index > self.compact_index)
             .collect();
         let mut b = self.shared.batch(sync);
+        let mut sizes = Vec::with_capacity(entries.len());
         if let Some(first) = entries.first() {
             let first = first.index;
             if first > self.last() + 1 {
@@ -664,11 +730,9 @@ impl LogStore for FjallLogStore {
             }
             let new_last = first + entries.len() as u64 - 1;
             for e in &entries {
-                b.insert(
-                    &self.shared.raft_log,
-                    e.index.to_be_bytes(),
-                    encode_entry(e),
-                );
+                let raw = encode_entry(e);
+                sizes.push(raw.len() as u64 - 4);
+                b.insert(&self.shared.raft_log, e.index.to_be_bytes(), raw);
             }
             for stale in new_last + 1..=self.last() {
                 b.remove(&self.shared.raft_log, stale.to_be_bytes());
@@ -686,6 +750,7 @@ impl LogStore for FjallLogStore {
             self.terms
                 .truncate((first.index - self.compact_index - 1) as usize);
             self.terms.extend(entries.iter().map(|e| e.term));
+            self.remember(first.index, &entries, &sizes);
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -725,6 +790,9 @@ impl LogStore for FjallLogStore {
         b.insert(&self.shared.raft_state, COMPACTED, rec);
         self.shared.commit(b).map_err(Self::err)?;
         self.terms.drain(..(index - self.compact_index) as usize);
+        while self.recent_first() <= index {
+            self.drop_oldest_recent();
+        }
         self.compact_index = index;
         self.compact_term = term;
         Ok(())
@@ -754,6 +822,7 @@ impl LogStore for FjallLogStore {
         );
         self.shared.commit(b).map_err(Self::err)?;
         self.terms.clear();
+        self.forget_recent();
         self.compact_index = meta.index;
         self.compact_term = meta.term;
         self.hard_state = hs;

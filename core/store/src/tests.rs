@@ -281,3 +281,86 @@ fn journal_damage_in_the_middle_is_refused_with_file_and_byte() {
         "{err}"
     );
 }
+
+/// The in-memory tail of the log (`recent`) answers exactly what the store
+/// on disk does, through overwritten suffixes, compactions, snapshots and
+/// more entries than it holds.
+#[test]
+fn recent_entries_match_what_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let mut log = db.raft_log();
+    let mut model: Vec<Entry> = Vec::new(); // entries first..=last
+    let mut first = 1u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut term = 1;
+    for step in 0..400 {
+        let last = first + model.len() as u64 - 1;
+        match next(10) {
+            // An append at the end or over a suffix (a new leader's log).
+            0..=6 => {
+                let from = if model.is_empty() || next(4) != 0 {
+                    last + 1
+                } else {
+                    term += 1;
+                    first + next(model.len() as u64)
+                };
+                // Mostly small entries; now and then large ones, so the
+                // in-memory tail has to drop its oldest.
+                let size = if next(8) == 0 { 300_000 } else { 1 + next(64) };
+                let n = 1 + next(20);
+                let ents: Vec<Entry> = (from..from + n)
+                    .map(|i| entry(i, term, &vec![(i % 251) as u8; size as usize]))
+                    .collect();
+                log.append(&ents, None, next(2) == 0).unwrap();
+                model.truncate((from - first) as usize);
+                model.extend(ents);
+            }
+            // Compaction of an applied prefix.
+            7 | 8 if model.len() > 1 => {
+                let to = first + next(model.len() as u64 - 1);
+                log.compact(to).unwrap();
+                model.drain(..(to + 1 - first) as usize);
+                first = to + 1;
+            }
+            // A snapshot from the leader replaces the whole log.
+            9 => {
+                let mut md = SnapshotMetadata::default();
+                md.index = last + 5;
+                md.term = term;
+                md.mut_conf_state().voters = vec![1];
+                log.apply_snapshot(&md).unwrap();
+                model.clear();
+                first = md.index + 1;
+            }
+            _ => {}
+        }
+        let last = first + model.len() as u64 - 1;
+        assert_eq!(log.first_index().unwrap(), first, "step {step}");
+        assert_eq!(log.last_index().unwrap(), last, "step {step}");
+        if model.is_empty() {
+            continue;
+        }
+        let fresh = FjallLogStore::open(db.shared.clone()).unwrap();
+        let lo = first + next(model.len() as u64);
+        let hi = lo + 1 + next(last + 1 - lo);
+        let max = [None, Some(1), Some(500_000)][next(3) as usize];
+        let got = log.entries(lo, hi, max, ctx()).unwrap();
+        assert_eq!(
+            got,
+            fresh.entries(lo, hi, max, ctx()).unwrap(),
+            "step {step}: entries {lo}..{hi} (max {max:?}) differ from the disk's"
+        );
+        let want = &model[(lo - first) as usize..(lo - first) as usize + got.len()];
+        assert_eq!(got, want, "step {step}: entries {lo}..{hi}");
+        if max.is_none() {
+            assert_eq!(got.len() as u64, hi - lo, "step {step}");
+        }
+    }
+}
