@@ -10,7 +10,7 @@
 //! | `range-l`  | linearizable range of one key, 100 clients                     |
 //! | `range-s`  | serializable range of one key, 100 clients                     |
 //! | `watch`    | put-to-event latency with `--watchers` (100) watchers           |
-//! | `memory`   | VmRSS idle and after `--mem-puts` puts of 256 B (fresh server)  |
+//! | `memory`   | VmRSS idle (and its anonymous part) and after `--mem-puts` puts (fresh server) |
 //!
 //! Usage:
 //!
@@ -236,7 +236,14 @@ struct Stats {
 #[derive(Clone, Copy, Debug)]
 enum Measure {
     Load(Stats),
-    Memory { idle: u64, after: u64, puts: u64 },
+    Memory {
+        idle: u64,
+        /// The anonymous part of `idle` (heap and stacks; not the
+        /// executable's pages mapped from the page cache).
+        idle_anon: u64,
+        after: u64,
+        puts: u64,
+    },
 }
 
 const ALL: [&str; 6] = ["put-1", "put-100", "range-l", "range-s", "watch", "memory"];
@@ -851,6 +858,7 @@ async fn watch_latency(endpoint: &[String], load: &Load) -> Result<Stats> {
 
 async fn memory(endpoint: &str, pid: u32, load: &Load) -> Result<Measure> {
     let idle = rss_bytes(pid).context("read VmRSS")?;
+    let idle_anon = rss_anon_bytes(pid).context("read RssAnon")?;
     // Distinct keys so every put adds a key: 1 M keys need 7 digits.
     let conns = connect(&[endpoint.to_string()], load.conns).await?;
     let value = Arc::new(vec![b'm'; VALUE_SIZE]);
@@ -867,9 +875,18 @@ async fn memory(endpoint: &str, pid: u32, load: &Load) -> Result<Measure> {
     let after = rss_bytes(pid).context("read VmRSS")?;
     Ok(Measure::Memory {
         idle,
+        idle_anon,
         after,
         puts: load.mem_puts,
     })
+}
+
+/// `RssAnon` of `/proc/<pid>/status`, in bytes.
+fn rss_anon_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn print_header() {
@@ -926,6 +943,10 @@ fn print_table(
                     Some(Measure::Memory { idle, .. }) => Some(idle as f64 / 1_048_576.0),
                     _ => None,
                 };
+                let anon = |m: Option<Measure>| match m {
+                    Some(Measure::Memory { idle_anon, .. }) => Some(idle_anon as f64 / 1_048_576.0),
+                    _ => None,
+                };
                 let after = |m: Option<Measure>| match m {
                     Some(Measure::Memory { after, puts, .. }) if puts > 0 => {
                         Some(after as f64 / 1_048_576.0)
@@ -934,6 +955,7 @@ fn print_table(
                 };
                 vec![
                     ("RSS idle MiB", idle(e), idle(c)),
+                    ("idle anon MiB", anon(e), anon(c)),
                     ("RSS after MiB", after(e), after(c)),
                 ]
             }
