@@ -73,7 +73,7 @@ pub struct Peers {
     cluster_id: AtomicU64,
     endpoint: quinn::Endpoint,
     book: RwLock<HashMap<u64, Vec<String>>>,
-    conns: Arc<tokio::sync::Mutex<HashMap<u64, quinn::Connection>>>,
+    conns: Arc<tokio::sync::Mutex<HashMap<u64, Dialed>>>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
     node: OnceLock<Node<Applied>>,
     handler: OnceLock<Arc<dyn RequestHandler>>,
@@ -93,6 +93,12 @@ pub struct Peers {
     incarnation: u64,
     /// The last incarnation each member's hello carried.
     incarnations: Mutex<HashMap<u64, u64>>,
+}
+
+/// A connection this member dialed, and when.
+struct Dialed {
+    conn: quinn::Connection,
+    at: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,8 +264,8 @@ impl Peers {
             self.rt.spawn(async move {
                 let mut conns = conns.lock().await;
                 for id in moved {
-                    if let Some(c) = conns.remove(&id) {
-                        c.close(0u32.into(), b"peer URLs changed");
+                    if let Some(d) = conns.remove(&id) {
+                        d.conn.close(0u32.into(), b"peer URLs changed");
                     }
                 }
             });
@@ -309,9 +315,9 @@ impl Peers {
 
     async fn connection(&self, id: u64) -> Result<quinn::Connection, PeerError> {
         let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&id) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        if let Some(d) = conns.get(&id) {
+            if d.conn.close_reason().is_none() {
+                return Ok(d.conn.clone());
             }
             conns.remove(&id);
         }
@@ -353,7 +359,13 @@ impl Peers {
                 };
                 match tokio::time::timeout(Duration::from_secs(3), attempt).await {
                     Ok(Ok(c)) => {
-                        conns.insert(id, c.clone());
+                        conns.insert(
+                            id,
+                            Dialed {
+                                conn: c.clone(),
+                                at: Instant::now(),
+                            },
+                        );
                         return Ok(c);
                     }
                     Ok(Err(e)) => last_err = e,
@@ -646,15 +658,21 @@ impl Peers {
             // The member restarted: what we hold is a connection to its
             // previous process. Dropped from a task of its own: the
             // connection table stays locked while another member is dialed,
-            // and this stream's messages must not wait for that.
+            // and this stream's messages must not wait for that. Only a
+            // connection dialed before this hello: one dialed since reaches
+            // the new process already.
+            let seen = Instant::now();
             let conns = self.conns.clone();
             tokio::spawn(async move {
-                if let Some(c) = conns.lock().await.remove(&from) {
+                let mut conns = conns.lock().await;
+                if conns.get(&from).is_some_and(|d| d.at <= seen)
+                    && let Some(d) = conns.remove(&from)
+                {
                     tracing::info!(
                         peer = format_args!("{from:x}"),
                         "member restarted: reconnecting to it"
                     );
-                    c.close(0u32.into(), b"peer restarted");
+                    d.conn.close(0u32.into(), b"peer restarted");
                 }
             });
         }
