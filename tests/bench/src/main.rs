@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cairn_tests::{Kind, Subject, SubjectOptions, rss_bytes};
+use cairn_tests::{Kind, Subject, SubjectOptions, rss_anon_bytes, rss_bytes};
 use clap::{Parser, Subcommand};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
@@ -879,14 +879,6 @@ async fn memory(endpoint: &str, pid: u32, load: &Load) -> Result<Measure> {
         after,
         puts: load.mem_puts,
     })
-}
-
-/// `RssAnon` of `/proc/<pid>/status`, in bytes.
-fn rss_anon_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 fn print_header() {
