@@ -48,6 +48,9 @@ pub const CLIENT_HEADER_BLOCK_BYTES_MAX: usize = 1024 * 1024;
 pub const CLIENT_HEADER_LIST_BYTES_MAX: usize = 1024 * 1024;
 /// Concurrent client connections per listener.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Concurrent requests and streams (watches included) on one client
+/// connection: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// Raft messages queued towards one peer; beyond it they are dropped and
 /// raft retransmits.
 pub const PEER_SEND_QUEUE: usize = 4096;

@@ -68,14 +68,18 @@ where
     Routes::from(
         routes
             .into_axum_router()
-            .layer(axum::middleware::map_response(etcd_size_status)),
+            // A plain function, not axum's async middleware: it runs for
+            // every response, and an async one costs a boxed future each.
+            .layer(tower::util::MapResponseLayer::new(
+                etcd_size_status as fn(axum::response::Response) -> axum::response::Response,
+            )),
     )
 }
 
 /// tonic refuses an oversized request message with its own wording; etcd
 /// clients (and scripts matching on errors) know grpc-go's:
 /// `ResourceExhausted: grpc: received message larger than max (N vs. M)`.
-async fn etcd_size_status(mut resp: axum::response::Response) -> axum::response::Response {
+fn etcd_size_status(mut resp: axum::response::Response) -> axum::response::Response {
     let h = resp.headers();
     if h.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
         return resp;
@@ -146,7 +150,9 @@ fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .concurrency_limit_per_connection(limits::MAX_CONNECTIONS)
+        // HTTP/2's own stream limit, not a tower concurrency layer (a
+        // semaphore taken by every request).
+        .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
 }
 
 pub async fn serve_tcp(
