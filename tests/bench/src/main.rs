@@ -28,6 +28,9 @@
 //! # 3-member clusters on loopback (etcd's flags for both; clients spread
 //! # over the members' endpoints as etcd's benchmark does with --endpoints):
 //! cairn-bench compare --members 3 --workloads put-1,put-100,range-l,range-s,watch
+//! # several rounds with fresh servers, alternating who goes first, then
+//! # the median of every cell (one run on a shared machine can be far off):
+//! cairn-bench compare --members 3 --workloads put-100 --total 60000 --rounds 5
 //! # one workload against a server that is already running:
 //! cairn-bench run --endpoints http://127.0.0.1:2379 put-100 [--pid PID for memory]
 //! # cairn's DNS server: UDP q/s, p50/p99, key change → answer (dns.rs):
@@ -111,6 +114,12 @@ enum Cmd {
         /// Members per cluster: 1, or 3 for a replicated cluster on loopback.
         #[arg(long, default_value_t = 1)]
         members: usize,
+        /// Rounds, each with fresh servers (etcd first in odd rounds, cairn
+        /// first in even ones); with more than one, each round's table and
+        /// then the median of every cell. On a shared machine one run can
+        /// be a quarter off the next.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -258,9 +267,13 @@ async fn main() -> Result<()> {
             etcd_bin,
             only,
             members,
+            rounds,
             load,
         } => {
             let workloads = parse_workloads(&load.workloads)?;
+            if rounds == 0 {
+                bail!("--rounds takes 1 or more");
+            }
             if members != 1 && members != 3 {
                 bail!("--members takes 1 or 3, not {members}");
             }
@@ -283,15 +296,33 @@ async fn main() -> Result<()> {
             }
             // Find cairn before spending minutes on etcd.
             let cairn_bin = want("cairn").then(|| cairn_bin.unwrap_or_else(cairn_tests::cairn_bin));
-            let mut etcd = Vec::new();
-            let mut cairn = Vec::new();
-            if want("etcd") {
-                etcd = run_subject(Kind::Etcd, etcd_bin, &workloads, &load, members).await?;
+            let mut tables = Vec::new();
+            for round in 1..=rounds {
+                let mut etcd = Vec::new();
+                let mut cairn = Vec::new();
+                let etcd_first = round % 2 == 1;
+                for side in [etcd_first, !etcd_first] {
+                    if side && want("etcd") {
+                        etcd =
+                            run_subject(Kind::Etcd, etcd_bin.clone(), &workloads, &load, members)
+                                .await?;
+                    }
+                    if !side && let Some(bin) = &cairn_bin {
+                        cairn = run_subject(Kind::Cairn, bin.clone(), &workloads, &load, members)
+                            .await?;
+                    }
+                }
+                let table = table_rows(&workloads, &etcd, &cairn, &load);
+                if rounds > 1 {
+                    println!("# round {round} of {rounds}");
+                }
+                print_rows("etcd", &table);
+                tables.push(table);
             }
-            if let Some(bin) = cairn_bin {
-                cairn = run_subject(Kind::Cairn, bin, &workloads, &load, members).await?;
+            if rounds > 1 {
+                println!("# median of {rounds} rounds");
+                print_rows("etcd", &median_rows(&tables));
             }
-            print_table("etcd", &workloads, &etcd, &cairn, &load);
         }
         Cmd::Learners {
             cairn_bin,
@@ -912,11 +943,19 @@ fn print_table(
     cairn: &[Option<Measure>],
     load: &Load,
 ) {
-    println!(
-        "{:<49} | {:>12} | {:>12} | {:>8}",
-        "workload", left, "cairn", "ratio"
-    );
-    println!("{}", "-".repeat(49 + 3 + 12 + 3 + 12 + 3 + 8));
+    print_rows(left, &table_rows(workloads, etcd, cairn, load));
+}
+
+/// A workload's title and its rows: metric, left value, right value.
+type Rows = Vec<(String, Vec<(&'static str, Option<f64>, Option<f64>)>)>;
+
+fn table_rows(
+    workloads: &[String],
+    etcd: &[Option<Measure>],
+    cairn: &[Option<Measure>],
+    load: &Load,
+) -> Rows {
+    let mut table = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
         let e = etcd.get(i).copied().flatten();
         let c = cairn.get(i).copied().flatten();
@@ -990,6 +1029,69 @@ fn print_table(
                 rows
             }
         };
+        table.push((title, rows));
+    }
+    table
+}
+
+/// The median of each cell over several rounds' tables (a cell missing
+/// from a round, such as an errors row, counts only where present).
+fn median_rows(rounds: &[Rows]) -> Rows {
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    let mut out: Rows = first
+        .iter()
+        .map(|(t, rows)| (t.clone(), rows.iter().map(|r| (r.0, None, None)).collect()))
+        .collect();
+    for round in rounds.iter().skip(1) {
+        for (t, rows) in round {
+            let Some((_, have)) = out.iter_mut().find(|(ot, _)| ot == t) else {
+                continue;
+            };
+            for r in rows {
+                if !have.iter().any(|h| h.0 == r.0) {
+                    have.push((r.0, None, None));
+                }
+            }
+        }
+    }
+    for (t, rows) in &mut out {
+        for cell in rows.iter_mut() {
+            let values = |left: bool| -> Vec<f64> {
+                rounds
+                    .iter()
+                    .flat_map(|round| round.iter().filter(|(rt, _)| rt == t))
+                    .flat_map(|(_, rows)| rows.iter().filter(|r| r.0 == cell.0))
+                    .filter_map(|r| if left { r.1 } else { r.2 })
+                    .collect()
+            };
+            cell.1 = median(values(true));
+            cell.2 = median(values(false));
+        }
+    }
+    out
+}
+
+fn print_rows(left: &str, table: &Rows) {
+    println!(
+        "{:<49} | {:>12} | {:>12} | {:>8}",
+        "workload", left, "cairn", "ratio"
+    );
+    println!("{}", "-".repeat(49 + 3 + 12 + 3 + 12 + 3 + 8));
+    for (title, rows) in table {
         for (j, (metric, ev, cv)) in rows.iter().enumerate() {
             let label = if j == 0 { title.as_str() } else { "" };
             let label = format!("{label:<34} {metric:<14}");
