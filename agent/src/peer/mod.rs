@@ -52,6 +52,9 @@ const REMOVED: u32 = 3;
 /// Largest frame accepted (a raft append is bounded by max_size_per_msg
 /// plus one request of at most --max-request-bytes).
 const MAX_FRAME: usize = 64 << 20;
+/// Largest UDP payload peer QUIC sends or accepts (a jumbo frame's 9000
+/// bytes less IPv6 and UDP headers).
+const PEER_MAX_UDP_PAYLOAD: u16 = 8952;
 /// Book entry used to reach a member by URL before its ID is known.
 const UNKNOWN_MEMBER: u64 = u64::MAX;
 
@@ -186,6 +189,15 @@ impl Peers {
         acks.ack_eliciting_threshold(quinn::VarInt::from_u32(16))
             .max_ack_delay(Some(Duration::from_millis(5)));
         transport.ack_frequency_config(Some(acks));
+        // Packets as large as the path carries: MTU discovery probes up to
+        // PEER_MAX_UDP_PAYLOAD and settles on what gets through (1452 on
+        // plain Ethernet, more on jumbo frames or loopback). A leader's
+        // append of a dozen puts then fits one packet instead of three,
+        // each of which costs encryption, a system call and an
+        // acknowledgement.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(PEER_MAX_UDP_PAYLOAD);
+        transport.mtu_discovery_config(Some(mtu));
         let transport = Arc::new(transport);
         let server = quinn::crypto::rustls::QuicServerConfig::try_from(configs.server)
             .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?;
@@ -195,7 +207,16 @@ impl Peers {
             .map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));
         client.transport_config(transport);
-        let mut endpoint = quinn::Endpoint::server(server, addr)
+        // What this member accepts (QUIC's max_udp_payload_size transport
+        // parameter), so that the other members' discovery can go as high.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(PEER_MAX_UDP_PAYLOAD)
+            .map_err(|e| anyhow::anyhow!("peer QUIC: {e}"))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| anyhow::anyhow!("peer QUIC: no async runtime"))?;
+        let mut endpoint = std::net::UdpSocket::bind(addr)
+            .and_then(|socket| quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime))
             .map_err(|e| anyhow::anyhow!("listen udp {addr} (--listen-peer-urls): {e}"))?;
         endpoint.set_default_client_config(client);
         std::fs::create_dir_all(&snap_dir)?;
