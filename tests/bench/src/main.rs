@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cairn_tests::{Kind, Subject, SubjectOptions, rss_anon_bytes, rss_bytes};
 use clap::{Parser, Subcommand};
-use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, WatchOptions};
 use tokio::sync::mpsc;
 
 mod compaction;
@@ -240,6 +240,8 @@ struct Stats {
     p99: Duration,
     /// CPU time the server processes (every member) used meanwhile.
     server_cpu: Option<Duration>,
+    /// CPU time this load generator used meanwhile.
+    client_cpu: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -285,7 +287,7 @@ async fn main() -> Result<()> {
             );
             println!(
                 "# server CPU µs: user+system CPU time of every server process per request \
-                 (the load generator's own not counted)"
+                 (the load generator's own not counted); client CPU µs: the load generator's"
             );
             let want = |kind: &str| only.as_deref().is_none_or(|o| o == kind);
             if let Some(o) = &only
@@ -671,9 +673,11 @@ async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Client>> {
 }
 
 /// Runs `op` `total` times from `clients` tasks sharing `conns` connections.
+/// Each op gets a clone of its connection's KV client only (a whole
+/// `Client` is nine service clients to clone and drop per request).
 async fn closed_loop<F, Fut>(conns: Vec<Client>, clients: usize, total: u64, op: F) -> Result<Stats>
 where
-    F: Fn(Client, u64) -> Fut + Send + Sync + 'static,
+    F: Fn(KvClient, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), etcd_client::Error>> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
@@ -682,7 +686,7 @@ where
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..clients.max(1) {
-        let client = conns[i % conns.len()].clone();
+        let client = conns[i % conns.len()].kv_client();
         let next = next.clone();
         let errors = errors.clone();
         let op = op.clone();
@@ -727,6 +731,7 @@ fn stats(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Stats 
         p50: pick(0.50),
         p99: pick(0.99),
         server_cpu: None,
+        client_cpu: None,
     }
 }
 
@@ -747,10 +752,16 @@ fn cpu_of(pids: &[u32]) -> Option<Duration> {
 
 /// Runs a workload and records the servers' CPU time it took.
 async fn measured(name: &str, endpoints: &[String], load: &Load, pids: &[u32]) -> Result<Measure> {
-    let before = cpu_of(pids);
+    let me = [std::process::id()];
+    let (before, before_me) = (cpu_of(pids), cpu_of(&me));
     let mut m = run_workload(name, endpoints, load).await?;
-    if let (Measure::Load(s), Some(b), Some(a)) = (&mut m, before, cpu_of(pids)) {
-        s.server_cpu = Some(a.saturating_sub(b));
+    if let Measure::Load(s) = &mut m {
+        if let (Some(b), Some(a)) = (before, cpu_of(pids)) {
+            s.server_cpu = Some(a.saturating_sub(b));
+        }
+        if let (Some(b), Some(a)) = (before_me, cpu_of(&me)) {
+            s.client_cpu = Some(a.saturating_sub(b));
+        }
     }
     Ok(m)
 }
@@ -1005,6 +1016,12 @@ fn table_rows(
                     }
                     _ => None,
                 };
+                let client_cpu = |m: Option<Measure>| match m {
+                    Some(Measure::Load(s)) if s.ops > 0 => {
+                        s.client_cpu.map(|c| c.as_secs_f64() * 1e6 / s.ops as f64)
+                    }
+                    _ => None,
+                };
                 let mut rows = Vec::new();
                 if w != "watch" {
                     rows.push(("req/s", get(e, rate), get(c, rate)));
@@ -1013,6 +1030,9 @@ fn table_rows(
                 rows.push(("p99 ms", get(e, p99), get(c, p99)));
                 if w != "watch" && (cpu(e).is_some() || cpu(c).is_some()) {
                     rows.push(("server CPU µs", cpu(e), cpu(c)));
+                }
+                if w != "watch" && (client_cpu(e).is_some() || client_cpu(c).is_some()) {
+                    rows.push(("client CPU µs", client_cpu(e), client_cpu(c)));
                 }
                 let (ee, ce) = (get(e, errs), get(c, errs));
                 if ee.unwrap_or(0.0) > 0.0 || ce.unwrap_or(0.0) > 0.0 {
