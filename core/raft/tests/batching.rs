@@ -151,6 +151,25 @@ impl Cluster {
         }
     }
 
+    /// Checks that the leader (node 1) sent each follower exactly one
+    /// append, carrying `entries` entries, and delivers what it sent.
+    fn deliver_one_append_each(&mut self, entries: usize) {
+        let sent = self.take(1);
+        for to in [2, 3] {
+            let appends: Vec<&Message> = sent
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgAppend && m.to == to)
+                .collect();
+            assert_eq!(appends.len(), 1, "one append to {to}, got {sent:?}");
+            assert_eq!(appends[0].entries.len(), entries);
+        }
+        let now = self.now;
+        for m in sent {
+            let to = m.to as usize - 1;
+            self.nodes[to].step(m, now);
+        }
+    }
+
     /// `n` proposals taken by node `id` in one turn of its driver.
     fn propose(&mut self, id: u64, tag: &str, n: usize) -> Vec<Answer<usize>> {
         let now = self.now;
@@ -193,20 +212,7 @@ fn proposals_taken_together_travel_as_one_message() {
     }
     c.node(1).process(now).expect("processes");
     // The leader: one append per follower carrying all ten.
-    let appends: Vec<Message> = c
-        .take(1)
-        .into_iter()
-        .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
-        .collect();
-    for to in [2, 3] {
-        let to_it: Vec<&Message> = appends.iter().filter(|m| m.to == to).collect();
-        assert_eq!(to_it.len(), 1, "one append to {to}, got {appends:?}");
-        assert_eq!(to_it[0].entries.len(), 10);
-    }
-    for m in appends {
-        let to = m.to;
-        c.node(to).step(m, now);
-    }
+    c.deliver_one_append_each(10);
     c.settle();
     // The follower learns the commit index with the next append or heartbeat.
     c.node(1).tick();
@@ -216,19 +222,7 @@ fn proposals_taken_together_travel_as_one_message() {
 
     // The leader's own: one append per follower with all ten.
     let answers = c.propose(1, "l", 10);
-    let sent = c.take(1);
-    for to in [2, 3] {
-        let to_it: Vec<&Message> = sent
-            .iter()
-            .filter(|m| m.get_msg_type() == MessageType::MsgAppend && m.to == to)
-            .collect();
-        assert_eq!(to_it.len(), 1, "one append to {to}, got {sent:?}");
-        assert_eq!(to_it[0].entries.len(), 10);
-    }
-    for m in sent {
-        let to = m.to;
-        c.node(to).step(m, now);
-    }
+    c.deliver_one_append_each(10);
     c.settle();
     assert_eq!(answered(answers), (11..=20).collect::<Vec<_>>());
 
