@@ -975,27 +975,13 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
     /// loop, and waking every receiver for them cost a task wake-up each,
     /// so they change silently and are read with `status()`.
     pub(crate) fn publish(&self, fatal: Option<String>) {
-        let r = &self.raw.raft;
-        let leader_id = if fatal.is_some() { 0 } else { r.leader_id };
-        let removed = self.removed();
+        let next = self.status_now(fatal);
         self.status.send_if_modified(|s| {
-            s.commit_index = r.raft_log.committed;
-            s.applied_index = self.sm.applied_index();
-            let mut wake = false;
-            if s.id != self.cfg.id || s.leader_id != leader_id || s.term != r.term {
-                (s.id, s.leader_id, s.term) = (self.cfg.id, leader_id, r.term);
-                wake = true;
-            }
-            if s.voters != self.conf.voters || s.learners != self.conf.learners {
-                s.voters = self.conf.voters.clone();
-                s.learners = self.conf.learners.clone();
-                wake = true;
-            }
-            if s.removed != removed || s.fatal != fatal {
-                s.removed = removed;
-                s.fatal = fatal;
-                wake = true;
-            }
+            // With the indices copied over, any difference left wakes.
+            s.commit_index = next.commit_index;
+            s.applied_index = next.applied_index;
+            let wake = *s != next;
+            *s = next;
             wake
         });
     }

@@ -1010,18 +1010,15 @@ fn table_rows(
                 let p50: fn(&Stats) -> f64 = |s| s.p50.as_secs_f64() * 1e3;
                 let p99: fn(&Stats) -> f64 = |s| s.p99.as_secs_f64() * 1e3;
                 let errs: fn(&Stats) -> f64 = |s| s.errors as f64;
-                let cpu = |m: Option<Measure>| match m {
+                // µs of CPU per request, of the servers or of this generator.
+                let per_op = |m: Option<Measure>, f: fn(&Stats) -> Option<Duration>| match m {
                     Some(Measure::Load(s)) if s.ops > 0 => {
-                        s.server_cpu.map(|c| c.as_secs_f64() * 1e6 / s.ops as f64)
+                        f(&s).map(|c| c.as_secs_f64() * 1e6 / s.ops as f64)
                     }
                     _ => None,
                 };
-                let client_cpu = |m: Option<Measure>| match m {
-                    Some(Measure::Load(s)) if s.ops > 0 => {
-                        s.client_cpu.map(|c| c.as_secs_f64() * 1e6 / s.ops as f64)
-                    }
-                    _ => None,
-                };
+                let cpu = |m| per_op(m, |s| s.server_cpu);
+                let client_cpu = |m| per_op(m, |s| s.client_cpu);
                 let mut rows = Vec::new();
                 if w != "watch" {
                     rows.push(("req/s", get(e, rate), get(c, rate)));
@@ -1054,52 +1051,44 @@ fn table_rows(
     table
 }
 
-/// The median of each cell over several rounds' tables (a cell missing
-/// from a round, such as an errors row, counts only where present).
+/// The median of each cell over several rounds' tables, rows in the order
+/// they first appear (a row missing from a round, such as an errors row,
+/// counts only the rounds that have it). The ratio printed from it is the
+/// medians' ratio.
 fn median_rows(rounds: &[Rows]) -> Rows {
     fn median(mut v: Vec<f64>) -> Option<f64> {
-        if v.is_empty() {
-            return None;
-        }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(v[n / 2]),
+            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
     }
-    let Some(first) = rounds.first() else {
-        return Vec::new();
-    };
-    let mut out: Rows = first
-        .iter()
-        .map(|(t, rows)| (t.clone(), rows.iter().map(|r| (r.0, None, None)).collect()))
-        .collect();
-    for round in rounds.iter().skip(1) {
-        for (t, rows) in round {
-            let Some((_, have)) = out.iter_mut().find(|(ot, _)| ot == t) else {
-                continue;
-            };
-            for r in rows {
-                if !have.iter().any(|h| h.0 == r.0) {
-                    have.push((r.0, None, None));
-                }
+    let mut out: Rows = Vec::new();
+    for (title, rows) in rounds.iter().flatten() {
+        let at = match out.iter().position(|(t, _)| t == title) {
+            Some(at) => at,
+            None => {
+                out.push((title.clone(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        for (metric, ..) in rows {
+            if !out[at].1.iter().any(|r| r.0 == *metric) {
+                out[at].1.push((metric, None, None));
             }
         }
     }
-    for (t, rows) in &mut out {
+    for (title, rows) in &mut out {
         for cell in rows.iter_mut() {
-            let values = |left: bool| -> Vec<f64> {
-                rounds
-                    .iter()
-                    .flat_map(|round| round.iter().filter(|(rt, _)| rt == t))
-                    .flat_map(|(_, rows)| rows.iter().filter(|r| r.0 == cell.0))
-                    .filter_map(|r| if left { r.1 } else { r.2 })
-                    .collect()
-            };
-            cell.1 = median(values(true));
-            cell.2 = median(values(false));
+            let same = rounds
+                .iter()
+                .flatten()
+                .filter(|(t, _)| t == title)
+                .flat_map(|(_, rows)| rows.iter().filter(|r| r.0 == cell.0));
+            cell.1 = median(same.clone().filter_map(|r| r.1).collect());
+            cell.2 = median(same.filter_map(|r| r.2).collect());
         }
     }
     out
@@ -1131,5 +1120,42 @@ fn print_rows(left: &str, table: &Rows) {
                 ratio
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rate: (f64, f64), errors: Option<(f64, f64)>) -> Rows {
+        let mut rows = vec![("req/s", Some(rate.0), Some(rate.1))];
+        if let Some((e, c)) = errors {
+            rows.push(("errors", Some(e), Some(c)));
+        }
+        vec![("put".to_string(), rows)]
+    }
+
+    #[test]
+    fn the_median_is_taken_per_cell_over_the_rounds_that_have_it() {
+        // Chosen so that a mean would differ from the median.
+        let rounds = [
+            round((10.0, 30.0), None),
+            round((50.0, 12.0), Some((1.0, 0.0))),
+            round((20.0, 20.0), None),
+            round((100.0, 90.0), Some((3.0, 2.0))),
+        ];
+        let m = median_rows(&rounds);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, "put");
+        assert_eq!(
+            m[0].1,
+            vec![
+                ("req/s", Some(35.0), Some(25.0)),
+                ("errors", Some(2.0), Some(1.0)),
+            ]
+        );
+        let odd = median_rows(&rounds[..3]);
+        assert_eq!(odd[0].1[0], ("req/s", Some(20.0), Some(20.0)));
+        assert_eq!(odd[0].1[1], ("errors", Some(1.0), Some(0.0)));
     }
 }
