@@ -754,10 +754,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         if !rd.entries().is_empty() || rd.hs().is_some() {
             let sync = rd.must_sync() && !planted::on(planted::Bug::AckBeforeFsync);
             let started = std::time::Instant::now();
+            // Raft's hard state now, not only the Ready's: it also holds a
+            // commit index that the last `advance` moved (raft leaves that
+            // out of the next Ready's), which is written nowhere else.
+            let hs = self.raw.raft.hard_state();
             self.raw
                 .mut_store()
                 .inner
-                .append(rd.entries(), rd.hs(), sync)
+                .append(rd.entries(), Some(&hs), sync)
                 .map_err(|e| e.to_string())?;
             if sync && let Some(observe) = &self.cfg.on_sync {
                 (observe.0)(started.elapsed());
@@ -779,15 +783,10 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 self.reads_waiting_apply.push((rs.index, waiters));
             }
         }
+        // A commit index moved by `advance` is not written on its own (a
+        // journal write per Ready): the next write of entries or hard
+        // state above carries it.
         let mut light = self.raw.advance(rd);
-        if light.commit_index().is_some() {
-            let hs = self.raw.raft.hard_state();
-            self.raw
-                .mut_store()
-                .inner
-                .append(&[], Some(&hs), false)
-                .map_err(|e| e.to_string())?;
-        }
         let msgs = light.take_messages();
         if !msgs.is_empty() {
             self.transport.send(msgs);

@@ -117,10 +117,15 @@ impl Shared {
         })
     }
 
+    /// A write batch; `sync`: durable before `commit` returns.
+    ///
+    /// `fdatasync`, as etcd's WAL: it makes durable the data and every
+    /// piece of metadata needed to read it back (the file's size, its
+    /// block allocation) and leaves out only the inode's timestamps.
     fn batch(&self, sync: bool) -> fjall::OwnedWriteBatch {
         let b = self.db.batch();
         if sync {
-            b.durability(Some(PersistMode::SyncAll))
+            b.durability(Some(PersistMode::SyncData))
         } else {
             b
         }

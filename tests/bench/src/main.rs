@@ -259,8 +259,19 @@ enum Measure {
 
 const ALL: [&str; 6] = ["put-1", "put-100", "range-l", "range-s", "watch", "memory"];
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // As the agent's runtime (agent/src/main.rs): without the LIFO slot a
+    // connection's task writes the requests of many clients at once, not
+    // one `writev` each, so the load generator takes less of the CPU it
+    // shares with the servers (both of them, equally).
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     print_header();
     match cli.command {
