@@ -425,6 +425,10 @@ mod tests {
     /// `.cargo/config.toml` sets the cfg; without it the runtime keeps
     /// tokio's LIFO slot and writes an HTTP/2 answer at a time.
     #[test]
+    #[allow(
+        clippy::assertions_on_constants,
+        reason = "the constant is the build's configuration, which is what is checked"
+    )]
     fn built_with_tokio_unstable() {
         assert!(
             cfg!(tokio_unstable),
