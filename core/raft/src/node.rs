@@ -355,6 +355,9 @@ pub(crate) struct Driver<S: LogStore, M: StateMachine, T> {
     /// ReadIndex requests sent, by request id: when, and who waits.
     reads_in_flight: BTreeMap<u64, (Instant, Vec<Reply<u64>>)>,
     reads_waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
+    /// The commit index the followers were last sent on its own
+    /// (`tell_commit`), while leader.
+    commit_told: u64,
 }
 
 impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
@@ -408,6 +411,9 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             // entries as continuous with any new ones, so they ride on a
             // message whose index and log term are for another position.
             batch_append: false,
+            // The driver tells followers of a new commit index itself, only
+            // when no append already on its way will (`tell_commit`).
+            skip_bcast_commit: true,
             read_only_option: ReadOnlyOption::Safe,
             ..Default::default()
         };
@@ -440,6 +446,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             reads_unsent: Vec::new(),
             reads_in_flight: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
+            commit_told: 0,
         };
         // Apply what is committed (the bootstrap entries) and let a lone
         // voter win its election before the first caller arrives.
@@ -707,6 +714,9 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         if !self.raw.has_ready() {
             return Ok(());
         }
+        // A commit index moved by the messages just stepped: its appends
+        // go out with this Ready's first messages.
+        self.tell_commit();
         let mut rd = self.raw.ready();
         // A leader's appends go out while it writes them itself (raft
         // counts its own vote only once they are durable, below).
@@ -791,10 +801,44 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         if !msgs.is_empty() {
             self.transport.send(msgs);
         }
+        // A commit index moved by this member's own fsync (`advance`).
+        if self.tell_commit() {
+            let msgs = std::mem::take(&mut self.raw.raft.msgs);
+            self.transport.send(msgs);
+        }
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.answer_reads();
         self.maybe_compact()
+    }
+
+    /// Tells the followers the leader's commit index once it reaches the
+    /// end of the log. Returns whether it queued appends (in raft's outbox:
+    /// the next Ready carries them, or the caller takes them).
+    ///
+    /// raft-rs sends every member an append (empty if nothing is new) each
+    /// time the commit index moves. Under load that was half the leader's
+    /// messages, each one answered, and on every follower a Ready of its
+    /// own. With `skip_bcast_commit` raft-rs does so only while a
+    /// membership change is pending, and this driver does so only when no
+    /// entry past the commit index is on its way. Every append carries
+    /// the commit index: while entries are on their way, a follower learns
+    /// the new commit index from the next proposals' append, or from the
+    /// one sent here when those entries commit, whichever comes first.
+    /// Heartbeats carry it too (up to what each follower holds).
+    fn tell_commit(&mut self) -> bool {
+        let r = &mut self.raw.raft;
+        if r.state != StateRole::Leader {
+            self.commit_told = 0;
+            return false;
+        }
+        let committed = r.raft_log.committed;
+        if committed <= self.commit_told || committed < r.raft_log.last_index() {
+            return false;
+        }
+        self.commit_told = committed;
+        r.bcast_append();
+        true
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {

@@ -260,3 +260,74 @@ fn proposals_raft_drops_are_all_refused() {
         .sum::<usize>();
     assert_eq!(appended, 0, "dropped proposals were sent");
 }
+
+#[test]
+fn followers_hear_of_a_commit_from_the_next_append_or_once_nothing_is_in_flight() {
+    let mut c = Cluster::new();
+    let now = c.now;
+    c.elect();
+    let start = c.node(1).commit_index();
+    let appends = |sent: &[Message], empty: bool| {
+        sent.iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgAppend && m.entries.is_empty() == empty)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Two runs of proposals on their way to the followers at once.
+    let a = c.propose(1, "a", 5);
+    let sent_a = c.take(1);
+    let b = c.propose(1, "b", 5);
+    let sent_b = c.take(1);
+    // The followers take and acknowledge the first run: it commits, and
+    // nothing is sent for that alone while the second run is out.
+    for m in sent_a {
+        c.node(m.to).step(m.clone(), now);
+    }
+    for id in [2, 3] {
+        c.node(id).process(now).expect("processes");
+        for m in c.take(id) {
+            c.node(1).step(m, now);
+        }
+    }
+    c.node(1).process(now).expect("processes");
+    assert_eq!(c.node(1).commit_index(), start + 5);
+    assert_eq!(answered(a).len(), 5);
+    let sent = c.take(1);
+    assert!(appends(&sent, true).is_empty(), "sent {sent:?}");
+    // The next proposals' appends carry the new commit index.
+    let cc = c.propose(1, "c", 3);
+    let sent_c = c.take(1);
+    let with_entries = appends(&sent_c, false);
+    assert_eq!(with_entries.len(), 2, "sent {sent_c:?}");
+    assert!(with_entries.iter().all(|m| m.commit == start + 5));
+    for m in sent_b.into_iter().chain(sent_c) {
+        c.node(m.to).step(m.clone(), now);
+    }
+    for id in [2, 3] {
+        c.node(id).process(now).expect("processes");
+        assert_eq!(c.node(id).commit_index(), start + 5, "node {id}");
+    }
+    // Both runs acknowledged: the commit index reaches the end of the log
+    // and each follower is told at once, with no heartbeat.
+    for id in [2, 3] {
+        for m in c.take(id) {
+            c.node(1).step(m, now);
+        }
+    }
+    c.node(1).process(now).expect("processes");
+    assert_eq!(c.node(1).commit_index(), start + 13);
+    assert_eq!(answered(b).len(), 5);
+    assert_eq!(answered(cc).len(), 3);
+    let sent = c.take(1);
+    let told = appends(&sent, true);
+    assert_eq!(told.len(), 2, "one to each follower: {sent:?}");
+    for m in told {
+        assert_eq!(m.commit, start + 13);
+        c.node(m.to).step(m.clone(), now);
+    }
+    for id in [2, 3] {
+        c.node(id).process(now).expect("processes");
+        assert_eq!(c.node(id).commit_index(), start + 13, "node {id}");
+        assert_eq!(c.node(id).state_machine().commands.len(), 13, "node {id}");
+    }
+}
