@@ -281,7 +281,7 @@ fn followers_hear_of_a_commit_from_the_next_append_or_once_nothing_is_in_flight(
     // The followers take and acknowledge the first run: it commits, and
     // nothing is sent for that alone while the second run is out.
     for m in sent_a {
-        c.node(m.to).step(m.clone(), now);
+        c.node(m.to).step(m, now);
     }
     for id in [2, 3] {
         c.node(id).process(now).expect("processes");
@@ -301,7 +301,7 @@ fn followers_hear_of_a_commit_from_the_next_append_or_once_nothing_is_in_flight(
     assert_eq!(with_entries.len(), 2, "sent {sent_c:?}");
     assert!(with_entries.iter().all(|m| m.commit == start + 5));
     for m in sent_b.into_iter().chain(sent_c) {
-        c.node(m.to).step(m.clone(), now);
+        c.node(m.to).step(m, now);
     }
     for id in [2, 3] {
         c.node(id).process(now).expect("processes");
@@ -323,7 +323,7 @@ fn followers_hear_of_a_commit_from_the_next_append_or_once_nothing_is_in_flight(
     assert_eq!(told.len(), 2, "one to each follower: {sent:?}");
     for m in told {
         assert_eq!(m.commit, start + 13);
-        c.node(m.to).step(m.clone(), now);
+        c.node(m.to).step(m, now);
     }
     for id in [2, 3] {
         c.node(id).process(now).expect("processes");
